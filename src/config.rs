@@ -1,0 +1,552 @@
+//! Typed configuration: TOML file, then `LONGMEM__SECTION__KEY` environment overrides, then validation.
+//!
+//! Everything is checked before any connection is opened: an unknown key or a bad value stops the
+//! daemon at start with a message that names the key and says what is allowed. Kafka client settings
+//! that longmem does not model itself pass through verbatim to librdkafka (`[kafka.properties]`,
+//! `[kafka.consumer]`, `[kafka.producer]`), so any Kafka (SASL, SSL, cloud) can be reached.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides: `LONGMEM__BATCH__MAX_EVENTS=1024` sets `batch.max_events`.
+pub const ENV_PREFIX: &str = "LONGMEM__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("environment override {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    pub store: StoreConfig,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: comma-separated host:port list.
+    pub bootstrap_servers: String,
+    /// `group.id` of the consumer group; instances with the same id share the input partitions.
+    pub group_id: String,
+    /// librdkafka properties for both the consumer and the producer (security.protocol, sasl.*, ssl.*).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+    /// How long to wait for the broker to acknowledge a micro-batch's outputs before retrying it.
+    #[serde(default = "default_produce_timeout_ms")]
+    pub produce_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub input: Vec<String>,
+    pub recommendations: String,
+    pub alerts: String,
+    pub dead_letter: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// A micro-batch closes when it holds this many events...
+    pub max_events: usize,
+    /// ...or when this many milliseconds passed since its first event, whichever comes first.
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: 256,
+            max_wait_ms: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the sled database (created if missing).
+    pub path: PathBuf,
+    /// Recent items kept per user; at least the model's window.
+    #[serde(default = "default_history_len")]
+    pub history_len: usize,
+    /// sled's page cache in bytes; RSS is bounded by this, not by the number of users.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    Cpu,
+    Cuda,
+}
+
+impl ExecutionProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionProvider::Cpu => "cpu",
+            ExecutionProvider::Cuda => "cuda",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model directory holding `model.json`, the ONNX file and the vocabulary.
+    pub path: PathBuf,
+    #[serde(default = "default_provider")]
+    pub execution_provider: ExecutionProvider,
+    /// With `execution_provider = "cuda"`: run on CPU instead of refusing to start when CUDA cannot be registered.
+    #[serde(default)]
+    pub allow_cpu_fallback: bool,
+    /// Leave items the user has just interacted with (the model's input window) out of their recommendations.
+    #[serde(default = "default_true")]
+    pub exclude_seen: bool,
+    /// ONNX Runtime intra-op threads.
+    #[serde(default = "default_threads")]
+    pub intra_threads: usize,
+    /// Path of libonnxruntime.so; when unset, `ORT_DYLIB_PATH` is used.
+    #[serde(default)]
+    pub runtime_library: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Bounds on input that separate absurd events from real ones; they go to the dead-letter topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+    pub max_id_len: usize,
+    /// Events stamped more than this far ahead of the daemon's clock are rejected.
+    pub max_future_skew_ms: i64,
+    /// Events stamped before this epoch millisecond are rejected (default 1995-01-01).
+    pub min_timestamp_ms: i64,
+    pub max_quantity: i64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 64 * 1024,
+            max_id_len: 128,
+            max_future_skew_ms: 3_600_000,
+            min_timestamp_ms: 788_918_400_000,
+            max_quantity: 1_000_000,
+        }
+    }
+}
+
+fn default_produce_timeout_ms() -> u64 {
+    30_000
+}
+fn default_history_len() -> usize {
+    50
+}
+fn default_cache_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_provider() -> ExecutionProvider {
+    ExecutionProvider::Cpu
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// Reads `path`, applies the process environment's overrides and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path, std::env::vars())
+    }
+
+    /// Parses TOML text, applies `LONGMEM__` overrides from `env` and validates.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        overrides.sort();
+        for (var, raw) in overrides {
+            apply_override(&mut tree, &var, &raw)?;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+                let key = e.path().to_string();
+                let message = e.into_inner().message().to_string();
+                key_error(&key, message)
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(key_error(
+                "kafka.bootstrap_servers",
+                "is empty; give host:port of at least one broker",
+            ));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(key_error(
+                "kafka.group_id",
+                "is empty; every instance of one deployment uses the same group id",
+            ));
+        }
+        for (section, props) in [
+            ("kafka.properties", &self.kafka.properties),
+            ("kafka.consumer", &self.kafka.consumer),
+            ("kafka.producer", &self.kafka.producer),
+        ] {
+            for key in props.keys() {
+                if MANAGED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+                    return Err(key_error(
+                        &format!("{section}.{key}"),
+                        "is set by longmem itself to keep its delivery guarantees and cannot be overridden",
+                    ));
+                }
+            }
+        }
+        if self.kafka.produce_timeout_ms == 0 {
+            return Err(key_error("kafka.produce_timeout_ms", "must be at least 1"));
+        }
+        if self.topics.input.is_empty() {
+            return Err(key_error(
+                "topics.input",
+                "is empty; list at least one input topic",
+            ));
+        }
+        let outputs = [
+            ("topics.recommendations", &self.topics.recommendations),
+            ("topics.alerts", &self.topics.alerts),
+            ("topics.dead_letter", &self.topics.dead_letter),
+        ];
+        for (key, topic) in outputs {
+            if topic.trim().is_empty() {
+                return Err(key_error(key, "is empty; name the output topic"));
+            }
+            if self.topics.input.contains(topic) {
+                return Err(key_error(
+                    key,
+                    format!(
+                        "`{topic}` is also an input topic; the daemon would consume its own output"
+                    ),
+                ));
+            }
+        }
+        if !(1..=100_000).contains(&self.batch.max_events) {
+            return Err(key_error(
+                "batch.max_events",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.batch.max_wait_ms > 60_000 {
+            return Err(key_error(
+                "batch.max_wait_ms",
+                "must be at most 60000 (one minute)",
+            ));
+        }
+        if !(1..=10_000).contains(&self.store.history_len) {
+            return Err(key_error(
+                "store.history_len",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.model.intra_threads == 0 {
+            return Err(key_error("model.intra_threads", "must be at least 1"));
+        }
+        if cfg!(not(feature = "cuda")) && self.model.execution_provider == ExecutionProvider::Cuda {
+            return Err(key_error(
+                "model.execution_provider",
+                "\"cuda\" needs a build with `--features cuda`; this binary supports only \"cpu\"",
+            ));
+        }
+        if self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(key_error(
+                "metrics.listen",
+                format!(
+                    "`{}` is not an ip:port address such as 127.0.0.1:9464",
+                    self.metrics.listen
+                ),
+            ));
+        }
+        if self.limits.max_message_bytes < 64 {
+            return Err(key_error("limits.max_message_bytes", "must be at least 64"));
+        }
+        if self.limits.max_id_len == 0 {
+            return Err(key_error("limits.max_id_len", "must be at least 1"));
+        }
+        if self.limits.max_future_skew_ms < 0 {
+            return Err(key_error(
+                "limits.max_future_skew_ms",
+                "must not be negative",
+            ));
+        }
+        if self.limits.max_quantity < 1 {
+            return Err(key_error("limits.max_quantity", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, as `check-config` prints it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a validated config always serializes")
+    }
+}
+
+/// librdkafka settings longmem owns: overriding them would break "outputs acknowledged before the
+/// offset moves" or exactly-once state.
+pub const MANAGED_KAFKA_PROPERTIES: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.idempotence",
+    "acks",
+    "group.id",
+    "bootstrap.servers",
+];
+
+/// Applies one `LONGMEM__A__B=value` override to the TOML tree. The value is read as a TOML value
+/// (`1024`, `true`, `["a","b"]`) and otherwise taken as a string; a comma-separated string sets a list.
+/// Below `kafka.properties`, `kafka.consumer` and `kafka.producer`, `_` in the name stands for `.`
+/// (`LONGMEM__KAFKA__PROPERTIES__SASL_MECHANISM` sets `sasl.mechanism`).
+fn apply_override(tree: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let env_error = |message: &str| ConfigError::Env {
+        var: var.to_string(),
+        message: message.to_string(),
+    };
+    let mut path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(|s| s.is_empty()) {
+        return Err(env_error("has an empty section; use LONGMEM__SECTION__KEY"));
+    }
+    if path.len() == 3
+        && path[0] == "kafka"
+        && ["properties", "consumer", "producer"].contains(&path[1].as_str())
+    {
+        path[2] = path[2].replace('_', ".");
+    }
+    let (last, parents) = path.split_last().expect("split yields at least one part");
+    let mut table = tree;
+    for part in parents {
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| env_error(&format!("`{part}` is a value, not a section")))?;
+    }
+    let existing_is_list = matches!(table.get(last), Some(toml::Value::Array(_)));
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("parsed table has v"),
+        Err(_) if existing_is_list => toml::Value::Array(
+            raw.split(',')
+                .map(|s| toml::Value::String(s.trim().to_string()))
+                .filter(|v| v.as_str() != Some(""))
+                .collect(),
+        ),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    // A string setting must stay a string even when it looks like a number (`group_id = 42`).
+    let value = match (table.get(last), value) {
+        (Some(toml::Value::String(_)), v) if !v.is_str() => toml::Value::String(raw.to_string()),
+        (_, v) => v,
+    };
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+group_id = "longmem"
+[topics]
+input = ["events"]
+recommendations = "recs"
+alerts = "alerts"
+dead_letter = "dlq"
+[store]
+path = "var/store"
+[model]
+path = "models/ml100k-sasrec"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_toml(text, Path::new("test.toml"), env)
+    }
+
+    #[test]
+    fn defaults_fill_optional_sections() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.batch.max_events, 256);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9464");
+        assert_eq!(c.model.execution_provider, ExecutionProvider::Cpu);
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        for file in ["config/default.toml", "config/production.toml"] {
+            let text =
+                std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+            let c = load(&text, &[]).unwrap_or_else(|e| panic!("{file}: {e}"));
+            // The names operators and scripts rely on.
+            assert!(!c.topics.input.is_empty(), "{file}");
+            assert!(!c.kafka.group_id.is_empty(), "{file}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_each_kind_of_value() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("LONGMEM__BATCH__MAX_EVENTS", "64"),
+                ("LONGMEM__TOPICS__INPUT", "a, b"),
+                ("LONGMEM__KAFKA__GROUP_ID", "42"),
+                ("LONGMEM__KAFKA__PROPERTIES__SASL_MECHANISM", "PLAIN"),
+                ("LONGMEM__METRICS__LISTEN", "0.0.0.0:9000"),
+                ("OTHER", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.batch.max_events, 64);
+        assert_eq!(c.topics.input, vec!["a", "b"]);
+        assert_eq!(c.kafka.group_id, "42");
+        assert_eq!(
+            c.kafka.properties.get("sasl.mechanism").map(String::as_str),
+            Some("PLAIN")
+        );
+        assert_eq!(c.metrics.listen, "0.0.0.0:9000");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load(
+            &format!("{MINIMAL}\n[batch]\nmax_events = 5\nmax_wiat_ms = 3\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("batch") && err.contains("max_wiat_ms"),
+            "{err}"
+        );
+        let err = load(MINIMAL, &[("LONGMEM__STORE__PATHH", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pathh"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_what_is_allowed() {
+        let cases = [
+            ("LONGMEM__BATCH__MAX_EVENTS", "0", "batch.max_events"),
+            ("LONGMEM__BATCH__MAX_EVENTS", "many", "batch.max_events"),
+            (
+                "LONGMEM__MODEL__EXECUTION_PROVIDER",
+                "tpu",
+                "model.execution_provider",
+            ),
+            ("LONGMEM__METRICS__LISTEN", "localhost", "metrics.listen"),
+            (
+                "LONGMEM__TOPICS__DEAD_LETTER",
+                "events",
+                "topics.dead_letter",
+            ),
+            (
+                "LONGMEM__KAFKA__CONSUMER__ENABLE_AUTO_COMMIT",
+                "true",
+                "kafka.consumer.enable.auto.commit",
+            ),
+        ];
+        for (var, value, key) in cases {
+            let err = load(MINIMAL, &[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+        let err = load(MINIMAL, &[("LONGMEM__MODEL__EXECUTION_PROVIDER", "tpu")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cpu") && err.contains("cuda"), "{err}");
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = load(MINIMAL, &[]).unwrap();
+        let again = load(&c.to_toml(), &[]).unwrap();
+        assert_eq!(again.to_toml(), c.to_toml());
+    }
+}

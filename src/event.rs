@@ -1,0 +1,827 @@
+//! Input and output types, and the rules that decide whether a Kafka message is a valid event.
+//!
+//! The rules here and the JSON Schemas in `schemas/` describe the same documents; `tests/schemas.rs`
+//! checks that they agree. Decoding never fails the pipeline: a message that breaks a rule becomes
+//! a [`Rejection`] with a typed [`RejectReason`], which the pipeline sends to the dead-letter topic.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::LimitsConfig;
+
+/// One Kafka message as the pipeline sees it, detached from the consumer's buffers.
+#[derive(Debug, Clone)]
+pub struct InMessage {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// The Kafka message timestamp (producer create time or broker append time), epoch ms.
+    pub kafka_timestamp_ms: Option<i64>,
+}
+
+/// Where an event came from; carried by every output so consumers can drop repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SourceRef {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl InMessage {
+    pub fn source(&self) -> SourceRef {
+        SourceRef {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Click,
+    Purchase,
+    Inventory,
+    Shipment,
+    SupplierDelay,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::Click,
+        EventType::Purchase,
+        EventType::Inventory,
+        EventType::Shipment,
+        EventType::SupplierDelay,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Click => "click",
+            EventType::Purchase => "purchase",
+            EventType::Inventory => "inventory",
+            EventType::Shipment => "shipment",
+            EventType::SupplierDelay => "supplier_delay",
+        }
+    }
+
+    fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// A user's interaction with an item: what the recommenders learn from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserEvent {
+    pub event_type: EventType,
+    pub user_id: String,
+    pub item_id: String,
+    pub timestamp_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShipmentStatus {
+    Created,
+    InTransit,
+    Delivered,
+    Cancelled,
+}
+
+/// Supply-chain events, keyed by `sku@location`; the inventory memory of a later issue consumes them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event_type", rename_all = "snake_case")]
+pub enum SupplyEvent {
+    Inventory {
+        sku: String,
+        location: String,
+        on_hand: i64,
+        timestamp_ms: i64,
+    },
+    Shipment {
+        shipment_id: String,
+        sku: String,
+        location: String,
+        quantity: i64,
+        direction: Direction,
+        status: ShipmentStatus,
+        expected_arrival_ms: i64,
+        timestamp_ms: i64,
+    },
+    SupplierDelay {
+        supplier: String,
+        sku: String,
+        location: String,
+        delay_hours: f64,
+        new_expected_arrival_ms: i64,
+        timestamp_ms: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    User(UserEvent),
+    Supply(SupplyEvent),
+}
+
+impl Event {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Event::User(e) => e.event_type,
+            Event::Supply(SupplyEvent::Inventory { .. }) => EventType::Inventory,
+            Event::Supply(SupplyEvent::Shipment { .. }) => EventType::Shipment,
+            Event::Supply(SupplyEvent::SupplierDelay { .. }) => EventType::SupplierDelay,
+        }
+    }
+}
+
+/// Why a message was rejected. The set is closed so the per-reason counter has bounded labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    EmptyPayload,
+    Oversize,
+    InvalidUtf8,
+    MalformedJson,
+    NotAnObject,
+    MissingKey,
+    EmptyKey,
+    KeyMismatch,
+    UnknownEventType,
+    MissingField,
+    UnknownField,
+    WrongType,
+    InvalidValue,
+    OutOfRange,
+    TimestampInFuture,
+    TimestampTooOld,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 16] = [
+        RejectReason::EmptyPayload,
+        RejectReason::Oversize,
+        RejectReason::InvalidUtf8,
+        RejectReason::MalformedJson,
+        RejectReason::NotAnObject,
+        RejectReason::MissingKey,
+        RejectReason::EmptyKey,
+        RejectReason::KeyMismatch,
+        RejectReason::UnknownEventType,
+        RejectReason::MissingField,
+        RejectReason::UnknownField,
+        RejectReason::WrongType,
+        RejectReason::InvalidValue,
+        RejectReason::OutOfRange,
+        RejectReason::TimestampInFuture,
+        RejectReason::TimestampTooOld,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::EmptyPayload => "empty_payload",
+            RejectReason::Oversize => "oversize",
+            RejectReason::InvalidUtf8 => "invalid_utf8",
+            RejectReason::MalformedJson => "malformed_json",
+            RejectReason::NotAnObject => "not_an_object",
+            RejectReason::MissingKey => "missing_key",
+            RejectReason::EmptyKey => "empty_key",
+            RejectReason::KeyMismatch => "key_mismatch",
+            RejectReason::UnknownEventType => "unknown_event_type",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::UnknownField => "unknown_field",
+            RejectReason::WrongType => "wrong_type",
+            RejectReason::InvalidValue => "invalid_value",
+            RejectReason::OutOfRange => "out_of_range",
+            RejectReason::TimestampInFuture => "timestamp_in_future",
+            RejectReason::TimestampTooOld => "timestamp_too_old",
+        }
+    }
+}
+
+/// A message that is not a valid event, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Decodes and validates one message. `now_ms` is the daemon's clock, for the future-timestamp bound.
+pub fn decode(msg: &InMessage, limits: &LimitsConfig, now_ms: i64) -> Result<Event, Rejection> {
+    let payload = match msg.payload.as_deref() {
+        None | Some([]) => {
+            return Err(reject(RejectReason::EmptyPayload, "message has no payload"))
+        }
+        Some(p) => p,
+    };
+    if payload.len() > limits.max_message_bytes {
+        return Err(reject(
+            RejectReason::Oversize,
+            format!(
+                "payload is {} bytes; limits.max_message_bytes is {}",
+                payload.len(),
+                limits.max_message_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        reject(
+            RejectReason::InvalidUtf8,
+            format!("payload is not UTF-8: {e}"),
+        )
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        reject(
+            RejectReason::MalformedJson,
+            format!("payload is not JSON: {e}"),
+        )
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(reject(
+            RejectReason::NotAnObject,
+            "payload is JSON but not an object",
+        ));
+    };
+    let fields = Fields { obj: &obj, limits };
+    let type_name = fields.string("event_type")?;
+    let event_type = EventType::parse(type_name).ok_or_else(|| {
+        reject(
+            RejectReason::UnknownEventType,
+            format!(
+                "event_type `{}` is not one of click, purchase, inventory, shipment, supplier_delay",
+                truncate(type_name, 64)
+            ),
+        )
+    })?;
+
+    let event = match event_type {
+        EventType::Click | EventType::Purchase => decode_user_event(event_type, &fields)?,
+        EventType::Inventory => {
+            fields.only(&["event_type", "sku", "location", "on_hand", "timestamp_ms"])?;
+            Event::Supply(SupplyEvent::Inventory {
+                sku: fields.id("sku")?,
+                location: fields.id("location")?,
+                on_hand: fields.int_in("on_hand", 0, limits.max_quantity)?,
+                timestamp_ms: fields.int("timestamp_ms")?,
+            })
+        }
+        EventType::Shipment => {
+            fields.only(&[
+                "event_type",
+                "shipment_id",
+                "sku",
+                "location",
+                "quantity",
+                "direction",
+                "status",
+                "expected_arrival_ms",
+                "timestamp_ms",
+            ])?;
+            Event::Supply(SupplyEvent::Shipment {
+                shipment_id: fields.id("shipment_id")?,
+                sku: fields.id("sku")?,
+                location: fields.id("location")?,
+                quantity: fields.int_in("quantity", 1, limits.max_quantity)?,
+                direction: fields.choice("direction")?,
+                status: fields.choice("status")?,
+                expected_arrival_ms: fields.int("expected_arrival_ms")?,
+                timestamp_ms: fields.int("timestamp_ms")?,
+            })
+        }
+        EventType::SupplierDelay => {
+            fields.only(&[
+                "event_type",
+                "supplier",
+                "sku",
+                "location",
+                "delay_hours",
+                "new_expected_arrival_ms",
+                "timestamp_ms",
+            ])?;
+            let delay_hours = fields.number("delay_hours")?;
+            if !(0.0..=24.0 * 365.0).contains(&delay_hours) {
+                return Err(reject(
+                    RejectReason::OutOfRange,
+                    format!("delay_hours {delay_hours} is outside 0..=8760"),
+                ));
+            }
+            Event::Supply(SupplyEvent::SupplierDelay {
+                supplier: fields.id("supplier")?,
+                sku: fields.id("sku")?,
+                location: fields.id("location")?,
+                delay_hours,
+                new_expected_arrival_ms: fields.int("new_expected_arrival_ms")?,
+                timestamp_ms: fields.int("timestamp_ms")?,
+            })
+        }
+    };
+    check_timestamp(fields.int("timestamp_ms")?, limits, now_ms)?;
+    check_key(msg, &event)?;
+    Ok(event)
+}
+
+fn decode_user_event(event_type: EventType, fields: &Fields) -> Result<Event, Rejection> {
+    let limits = fields.limits;
+    let event = if event_type == EventType::Click {
+        fields.only(&[
+            "event_type",
+            "user_id",
+            "item_id",
+            "timestamp_ms",
+            "session_id",
+        ])?;
+        UserEvent {
+            event_type,
+            user_id: fields.id("user_id")?,
+            item_id: fields.id("item_id")?,
+            timestamp_ms: fields.int("timestamp_ms")?,
+            quantity: None,
+            price: None,
+            location: None,
+            session_id: fields.optional(|f| f.id("session_id"), "session_id")?,
+        }
+    } else {
+        fields.only(&[
+            "event_type",
+            "user_id",
+            "item_id",
+            "timestamp_ms",
+            "quantity",
+            "price",
+            "location",
+            "session_id",
+        ])?;
+        let price = fields.optional(|f| f.number("price"), "price")?;
+        if let Some(p) = price {
+            if !(0.0..=1e9).contains(&p) {
+                return Err(reject(
+                    RejectReason::OutOfRange,
+                    format!("price {p} is outside 0..=1e9"),
+                ));
+            }
+        }
+        UserEvent {
+            event_type,
+            user_id: fields.id("user_id")?,
+            item_id: fields.id("item_id")?,
+            timestamp_ms: fields.int("timestamp_ms")?,
+            quantity: Some(
+                fields
+                    .optional(|f| f.int_in("quantity", 1, limits.max_quantity), "quantity")?
+                    .unwrap_or(1),
+            ),
+            price,
+            location: fields.optional(|f| f.id("location"), "location")?,
+            session_id: fields.optional(|f| f.id("session_id"), "session_id")?,
+        }
+    };
+    Ok(Event::User(event))
+}
+
+fn check_timestamp(ts: i64, limits: &LimitsConfig, now_ms: i64) -> Result<(), Rejection> {
+    if ts > now_ms.saturating_add(limits.max_future_skew_ms) {
+        return Err(reject(
+            RejectReason::TimestampInFuture,
+            format!(
+                "timestamp_ms {ts} is more than limits.max_future_skew_ms ({} ms) ahead of now ({now_ms})",
+                limits.max_future_skew_ms
+            ),
+        ));
+    }
+    if ts < limits.min_timestamp_ms {
+        return Err(reject(
+            RejectReason::TimestampTooOld,
+            format!(
+                "timestamp_ms {ts} is before limits.min_timestamp_ms ({})",
+                limits.min_timestamp_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The partition key: user events are keyed by user id and supply events by `sku@location`, so that
+/// one user's (or one stock position's) events stay in order on one partition and one consumer.
+pub fn expected_key(event: &Event) -> String {
+    match event {
+        Event::User(e) => e.user_id.clone(),
+        Event::Supply(
+            SupplyEvent::Inventory { sku, location, .. }
+            | SupplyEvent::Shipment { sku, location, .. }
+            | SupplyEvent::SupplierDelay { sku, location, .. },
+        ) => format!("{sku}@{location}"),
+    }
+}
+
+fn check_key(msg: &InMessage, event: &Event) -> Result<(), Rejection> {
+    let expected = expected_key(event);
+    match msg.key.as_deref() {
+        None => Err(reject(
+            RejectReason::MissingKey,
+            format!("message has no key; produce it keyed by `{expected}`"),
+        )),
+        Some([]) => Err(reject(
+            RejectReason::EmptyKey,
+            format!("message key is empty; produce it keyed by `{expected}`"),
+        )),
+        Some(key) if key != expected.as_bytes() => Err(reject(
+            RejectReason::KeyMismatch,
+            format!(
+                "message key `{}` does not match `{expected}`; a wrong key sends events to another partition's memory",
+                truncate(&String::from_utf8_lossy(key), 64)
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    if s.chars().count() <= max_chars {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max_chars).collect::<String>())
+    }
+}
+
+/// Typed access to an event object's fields, each failure a typed rejection naming the field.
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    limits: &'a LimitsConfig,
+}
+
+impl<'a> Fields<'a> {
+    fn get(&self, name: &str) -> Result<&'a Value, Rejection> {
+        match self.obj.get(name) {
+            None => Err(reject(
+                RejectReason::MissingField,
+                format!("required field `{name}` is missing"),
+            )),
+            Some(Value::Null) => Err(reject(
+                RejectReason::WrongType,
+                format!("field `{name}` is null; leave it out or give a value"),
+            )),
+            Some(v) => Ok(v),
+        }
+    }
+
+    fn optional<T>(
+        &self,
+        read: impl FnOnce(&Self) -> Result<T, Rejection>,
+        name: &str,
+    ) -> Result<Option<T>, Rejection> {
+        match self.obj.get(name) {
+            None => Ok(None),
+            Some(_) => read(self).map(Some),
+        }
+    }
+
+    fn only(&self, allowed: &[&str]) -> Result<(), Rejection> {
+        match self.obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(k) => Err(reject(
+                RejectReason::UnknownField,
+                format!(
+                    "field `{}` is not part of this event type; allowed: {}",
+                    truncate(k, 64),
+                    allowed.join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn string(&self, name: &str) -> Result<&'a str, Rejection> {
+        self.get(name)?.as_str().ok_or_else(|| {
+            reject(
+                RejectReason::WrongType,
+                format!("field `{name}` must be a string"),
+            )
+        })
+    }
+
+    /// An identifier: a non-empty string of at most `limits.max_id_len` characters, no control characters.
+    fn id(&self, name: &str) -> Result<String, Rejection> {
+        let s = self.string(name)?;
+        if s.trim().is_empty() {
+            return Err(reject(
+                RejectReason::InvalidValue,
+                format!("field `{name}` is empty"),
+            ));
+        }
+        if s.chars().count() > self.limits.max_id_len {
+            return Err(reject(
+                RejectReason::InvalidValue,
+                format!(
+                    "field `{name}` is longer than limits.max_id_len ({})",
+                    self.limits.max_id_len
+                ),
+            ));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(reject(
+                RejectReason::InvalidValue,
+                format!("field `{name}` contains control characters"),
+            ));
+        }
+        Ok(s.to_string())
+    }
+
+    fn int(&self, name: &str) -> Result<i64, Rejection> {
+        let v = self.get(name)?;
+        // JSON Schema counts 3.0 as an integer; so do we.
+        let integral_float = v
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64);
+        v.as_i64().or(integral_float).ok_or_else(|| {
+            reject(
+                RejectReason::WrongType,
+                format!(
+                    "field `{name}` must be an integer, got {}",
+                    truncate(&v.to_string(), 32)
+                ),
+            )
+        })
+    }
+
+    fn int_in(&self, name: &str, min: i64, max: i64) -> Result<i64, Rejection> {
+        let v = self.int(name)?;
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(reject(
+                RejectReason::OutOfRange,
+                format!("field `{name}` is {v}; allowed {min}..={max}"),
+            ))
+        }
+    }
+
+    fn number(&self, name: &str) -> Result<f64, Rejection> {
+        self.get(name)?.as_f64().ok_or_else(|| {
+            reject(
+                RejectReason::WrongType,
+                format!("field `{name}` must be a number"),
+            )
+        })
+    }
+
+    fn choice<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, Rejection> {
+        let s = self.string(name)?;
+        T::deserialize(serde_json::Value::String(s.to_string()))
+            .map_err(|e| reject(RejectReason::InvalidValue, format!("field `{name}`: {e}")))
+    }
+}
+
+/// One recommended item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredItem {
+    pub item_id: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+}
+
+/// Output: top-K items for a user, right after one of their events. Keyed by user id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub user_id: String,
+    pub items: Vec<ScoredItem>,
+    pub model: ModelRef,
+    pub source: SourceRef,
+    pub event_type: EventType,
+    /// The event's own time.
+    pub event_timestamp_ms: i64,
+    /// When the event reached Kafka (the message timestamp); latency is measured from here.
+    pub ingest_timestamp_ms: i64,
+    /// When the daemon handed the recommendation to the producer.
+    pub emitted_at_ms: i64,
+}
+
+/// Output: a rejected message, with the original bytes and enough to find and replay it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub reason: RejectReason,
+    pub detail: String,
+    pub source: SourceRef,
+    /// The original key, base64; null when the message had none.
+    pub key_base64: Option<String>,
+    /// The original payload, base64 (empty when the message had none).
+    pub payload_base64: String,
+    pub payload_bytes: usize,
+    pub kafka_timestamp_ms: Option<i64>,
+    pub rejected_at_ms: i64,
+}
+
+impl DeadLetter {
+    pub fn new(msg: &InMessage, rejection: Rejection, now_ms: i64) -> DeadLetter {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let payload = msg.payload.as_deref().unwrap_or_default();
+        DeadLetter {
+            reason: rejection.reason,
+            detail: rejection.detail,
+            source: msg.source(),
+            key_base64: msg.key.as_deref().map(|k| b64.encode(k)),
+            payload_base64: b64.encode(payload),
+            payload_bytes: payload.len(),
+            kafka_timestamp_ms: msg.kafka_timestamp_ms,
+            rejected_at_ms: now_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn msg(key: Option<&str>, payload: &str) -> InMessage {
+        InMessage {
+            topic: "events".into(),
+            partition: 0,
+            offset: 7,
+            key: key.map(|k| k.as_bytes().to_vec()),
+            payload: Some(payload.as_bytes().to_vec()),
+            kafka_timestamp_ms: Some(NOW),
+        }
+    }
+
+    fn decode_str(key: Option<&str>, payload: &str) -> Result<Event, Rejection> {
+        decode(&msg(key, payload), &LimitsConfig::default(), NOW)
+    }
+
+    #[test]
+    fn valid_click_and_purchase() {
+        let e = decode_str(
+            Some("u1"),
+            r#"{"event_type":"click","user_id":"u1","item_id":"i9","timestamp_ms":1700000000000}"#,
+        )
+        .unwrap();
+        assert_eq!(e.event_type(), EventType::Click);
+        let e = decode_str(
+            Some("u1"),
+            r#"{"event_type":"purchase","user_id":"u1","item_id":"i9","timestamp_ms":1700000000000,"quantity":3,"price":9.5}"#,
+        )
+        .unwrap();
+        match e {
+            Event::User(u) => assert_eq!((u.quantity, u.price), (Some(3), Some(9.5))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_supply_events() {
+        let e = decode_str(
+            Some("sku1@dc1"),
+            r#"{"event_type":"shipment","shipment_id":"s1","sku":"sku1","location":"dc1","quantity":5,"direction":"inbound","status":"in_transit","expected_arrival_ms":1700000100000,"timestamp_ms":1700000000000}"#,
+        )
+        .unwrap();
+        assert_eq!(e.event_type(), EventType::Shipment);
+    }
+
+    #[test]
+    fn each_rule_has_its_reason() {
+        let ok =
+            r#"{"event_type":"click","user_id":"u1","item_id":"i","timestamp_ms":1700000000000}"#;
+        let cases: &[(Option<&str>, &str, RejectReason)] = &[
+            (Some("u1"), "", RejectReason::EmptyPayload),
+            (Some("u1"), "{", RejectReason::MalformedJson),
+            (Some("u1"), "[1,2]", RejectReason::NotAnObject),
+            (None, ok, RejectReason::MissingKey),
+            (Some(""), ok, RejectReason::EmptyKey),
+            (Some("u2"), ok, RejectReason::KeyMismatch),
+            (
+                Some("u1"),
+                r#"{"event_type":"view","user_id":"u1"}"#,
+                RejectReason::UnknownEventType,
+            ),
+            (
+                Some("u1"),
+                r#"{"user_id":"u1"}"#,
+                RejectReason::MissingField,
+            ),
+            (
+                Some("u1"),
+                r#"{"event_type":"click","user_id":"u1","timestamp_ms":1700000000000}"#,
+                RejectReason::MissingField,
+            ),
+            (
+                Some("u1"),
+                r#"{"event_type":"click","user_id":"u1","item_id":"i","timestamp_ms":1700000000000,"x":1}"#,
+                RejectReason::UnknownField,
+            ),
+            (
+                Some("u1"),
+                r#"{"event_type":"click","user_id":1,"item_id":"i","timestamp_ms":1700000000000}"#,
+                RejectReason::WrongType,
+            ),
+            (
+                Some("u1"),
+                r#"{"event_type":"click","user_id":"u1","item_id":"i","timestamp_ms":"yesterday"}"#,
+                RejectReason::WrongType,
+            ),
+            (
+                Some("u1"),
+                r#"{"event_type":"click","user_id":"u1","item_id":" ","timestamp_ms":1700000000000}"#,
+                RejectReason::InvalidValue,
+            ),
+            (
+                Some("u1"),
+                r#"{"event_type":"purchase","user_id":"u1","item_id":"i","timestamp_ms":1700000000000,"quantity":-2}"#,
+                RejectReason::OutOfRange,
+            ),
+            (
+                Some("u1"),
+                r#"{"event_type":"click","user_id":"u1","item_id":"i","timestamp_ms":4102444800000}"#,
+                RejectReason::TimestampInFuture,
+            ),
+            (
+                Some("u1"),
+                r#"{"event_type":"click","user_id":"u1","item_id":"i","timestamp_ms":0}"#,
+                RejectReason::TimestampTooOld,
+            ),
+        ];
+        for (key, payload, reason) in cases {
+            let got = decode_str(*key, payload).unwrap_err();
+            assert_eq!(got.reason, *reason, "{payload}: {}", got.detail);
+        }
+        let mut bad = msg(Some("u1"), "");
+        bad.payload = Some(vec![b'{', 0xff, 0xfe, b'}']);
+        assert_eq!(
+            decode(&bad, &LimitsConfig::default(), NOW)
+                .unwrap_err()
+                .reason,
+            RejectReason::InvalidUtf8
+        );
+        let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000));
+        assert_eq!(
+            decode_str(Some("u1"), &big).unwrap_err().reason,
+            RejectReason::Oversize
+        );
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics() {
+        // A cheap deterministic fuzz over mutations of a valid event.
+        let base = br#"{"event_type":"purchase","user_id":"u1","item_id":"i","timestamp_ms":1700000000000,"quantity":2}"#;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..20_000 {
+            let mut bytes = base.to_vec();
+            for _ in 0..3 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = (state as usize) % bytes.len();
+                bytes[at] = (state >> 32) as u8;
+            }
+            let mut m = msg(Some("u1"), "");
+            m.payload = Some(bytes);
+            let _ = decode(&m, &LimitsConfig::default(), NOW);
+        }
+    }
+
+    #[test]
+    fn dead_letter_keeps_original_bytes() {
+        use base64::Engine as _;
+        let mut m = msg(None, "");
+        m.payload = Some(vec![0xff, 0x00, 0x41]);
+        let r = decode(&m, &LimitsConfig::default(), NOW).unwrap_err();
+        let d = DeadLetter::new(&m, r, NOW);
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(&d.payload_base64)
+            .unwrap();
+        assert_eq!(back, vec![0xff, 0x00, 0x41]);
+        assert_eq!(d.reason, RejectReason::InvalidUtf8);
+        assert_eq!(d.key_base64, None);
+        assert_eq!(d.source.offset, 7);
+    }
+}

@@ -1,0 +1,19 @@
+//! longmem: Kafka commerce events → sled long-term memory → ONNX Runtime → recommendations.
+//!
+//! The modules follow one event through the daemon:
+//! [`source`] (consumer) → [`batch`] (micro-batcher) → [`event`] (decode and validate) →
+//! [`memory`] (sled) → [`model`] (ONNX Runtime) → [`sink`] (producer), wired by [`pipeline`],
+//! configured by [`config`], observed through [`metrics`], stopped by [`shutdown`].
+//! [`demo`] runs the whole daemon on MovieLens-100k against an embedded broker.
+
+pub mod batch;
+pub mod config;
+pub mod demo;
+pub mod event;
+pub mod memory;
+pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod shutdown;
+pub mod sink;
+pub mod source;

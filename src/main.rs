@@ -1,0 +1,134 @@
+//! The `longmem` command line: parse arguments, load the config, call into the library.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use longmem::config::Config;
+use longmem::memory::Store;
+use longmem::metrics::{self, Health};
+use longmem::pipeline::{self, RunStats};
+use longmem::shutdown::{self, Shutdown};
+
+#[derive(Parser)]
+#[command(
+    name = "longmem",
+    version,
+    about = "Kafka events → long-term memory → ONNX models → real-time recommendations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon until SIGTERM or SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file (with LONGMEM__ environment overrides) and print the effective config.
+    CheckConfig { file: PathBuf },
+    /// Print what the store remembers (stop the daemon first: the store is locked while it runs).
+    Inspect {
+        #[arg(long, short, default_value = "config/default.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        what: InspectWhat,
+    },
+    /// Stream MovieLens-100k through the daemon on an embedded broker and print a summary.
+    Demo(longmem::demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum InspectWhat {
+    /// A user's stored memory, as JSON.
+    User { id: String },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // The daemon logs its life cycle; one-shot commands only what goes wrong.
+    let default_filter = match cli.command {
+        Command::Run { .. } => "info,librdkafka=warn",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LONGMEM_LOG")
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = dispatch(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => run_daemon(Config::load(&config)?),
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            print!("{}", config.to_toml());
+            eprintln!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Inspect {
+            config,
+            what: InspectWhat::User { id },
+        } => {
+            let config = Config::load(&config)?;
+            let store = Store::open(&config.store.path, 16 << 20)?;
+            match store.user(&id)? {
+                Some(memory) => {
+                    println!("{}", serde_json::to_string_pretty(&memory)?);
+                    Ok(())
+                }
+                None => anyhow::bail!(
+                    "user `{id}` has no stored memory in {}",
+                    config.store.path.display()
+                ),
+            }
+        }
+        Command::Demo(args) => longmem::demo::run(args),
+    }
+}
+
+fn run_daemon(config: Config) -> anyhow::Result<()> {
+    let handle = metrics::install();
+    let health = Arc::new(Health::default());
+    let stop = Shutdown::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server =
+            metrics::bind(&config.metrics.listen, handle, health.clone(), stop.clone()).await?;
+        let server = tokio::spawn(server);
+        tokio::spawn(shutdown::on_signals(stop.clone()));
+        tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /readyz");
+        let pipeline_stop = stop.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            pipeline::run(
+                &config,
+                health,
+                pipeline_stop,
+                Arc::new(RunStats::default()),
+            )
+        })
+        .await
+        .context("the pipeline thread panicked")?;
+        stop.trigger();
+        if let Ok(Err(e)) = server.await {
+            tracing::warn!(error = %e, "metrics server stopped with an error");
+        }
+        result.map_err(anyhow::Error::from)
+    })
+}

@@ -1,0 +1,252 @@
+//! The long-term memory: per-user state in sled, and each input partition's next offset beside it.
+//!
+//! Guarantee: a micro-batch's state changes and the offsets that produced them are written in one
+//! atomic sled batch and flushed together ([`Store::commit`]). After a crash the store holds either
+//! all of a batch or none of it, and the consumer resumes from the stored offset, so every event is
+//! applied to the state exactly once.
+//!
+//! Layout, one sled tree so a single batch is atomic:
+//! - `u/<user id>`                → [`UserMemory`] (postcard)
+//! - `o/<topic>\0<partition be>`  → next offset to read (u64, big endian)
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{EventType, UserEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the store at {path}: {source}. If another longmem process uses this directory, stop it \
+         first (the store is locked by its owner); otherwise check that the path is writable"
+    )]
+    Open { path: String, source: sled::Error },
+    #[error("store I/O failed: {0}. Check disk space and the store directory's health")]
+    Io(#[from] sled::Error),
+    #[error("stored state for `{key}` cannot be decoded ({source}); the store was written by an incompatible version")]
+    Corrupt {
+        key: String,
+        source: postcard::Error,
+    },
+}
+
+/// What longmem remembers about one user. Small and bounded: the recent-item window has a fixed
+/// maximum length, so the state per user does not grow with their history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserMemory {
+    /// External ids of the most recent items, oldest first, at most `store.history_len`.
+    pub recent_items: Vec<String>,
+    pub clicks: u64,
+    pub purchases: u64,
+    pub last_event_ms: i64,
+}
+
+impl UserMemory {
+    pub fn events(&self) -> u64 {
+        self.clicks + self.purchases
+    }
+
+    /// Applies one event: the item joins the window (dropping the oldest beyond `history_len`).
+    pub fn apply(&mut self, event: &UserEvent, history_len: usize) {
+        match event.event_type {
+            EventType::Purchase => self.purchases += 1,
+            _ => self.clicks += 1,
+        }
+        self.last_event_ms = self.last_event_ms.max(event.timestamp_ms);
+        self.recent_items.push(event.item_id.clone());
+        if self.recent_items.len() > history_len {
+            let excess = self.recent_items.len() - history_len;
+            self.recent_items.drain(..excess);
+        }
+    }
+}
+
+fn user_key(user_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + user_id.len());
+    k.extend_from_slice(b"u/");
+    k.extend_from_slice(user_id.as_bytes());
+    k
+}
+
+fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(7 + topic.len());
+    k.extend_from_slice(b"o/");
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// The changes of one micro-batch, applied atomically by [`Store::commit`].
+#[derive(Default)]
+pub struct StoreBatch {
+    users: HashMap<String, UserMemory>,
+    next_offsets: HashMap<(String, i32), i64>,
+}
+
+impl StoreBatch {
+    pub fn put_user(&mut self, user_id: String, memory: UserMemory) {
+        self.users.insert(user_id, memory);
+    }
+
+    /// Records that everything before `next_offset` on this partition is reflected in the batch.
+    pub fn advance(&mut self, topic: &str, partition: i32, next_offset: i64) {
+        let entry = self
+            .next_offsets
+            .entry((topic.to_string(), partition))
+            .or_insert(next_offset);
+        *entry = (*entry).max(next_offset);
+    }
+
+    pub fn next_offsets(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.next_offsets
+            .iter()
+            .map(|((t, p), o)| (t.as_str(), *p, *o))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.next_offsets.is_empty()
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl Store {
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let tree = db.open_tree("longmem")?;
+        Ok(Store { db, tree })
+    }
+
+    pub fn user(&self, user_id: &str) -> Result<Option<UserMemory>, StoreError> {
+        match self.tree.get(user_key(user_id))? {
+            None => Ok(None),
+            Some(bytes) => {
+                postcard::from_bytes(&bytes)
+                    .map(Some)
+                    .map_err(|source| StoreError::Corrupt {
+                        key: format!("user {user_id}"),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// The next offset to consume on a partition, if this store has ever processed it.
+    pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        Ok(self.tree.get(offset_key(topic, partition))?.map(|v| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v[..8]);
+            u64::from_be_bytes(b) as i64
+        }))
+    }
+
+    /// Writes the batch's users and offsets atomically and flushes them to disk.
+    pub fn commit(&self, batch: &StoreBatch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (user, memory) in &batch.users {
+            let bytes = postcard::to_allocvec(memory).map_err(|source| StoreError::Corrupt {
+                key: format!("user {user}"),
+                source,
+            })?;
+            b.insert(user_key(user), bytes);
+        }
+        for ((topic, partition), offset) in &batch.next_offsets {
+            b.insert(
+                offset_key(topic, *partition),
+                &(*offset as u64).to_be_bytes(),
+            );
+        }
+        self.tree.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Number of users with stored memory (a full scan of the user key range).
+    pub fn user_count(&self) -> usize {
+        self.tree.scan_prefix(b"u/").count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn click(item: &str, ts: i64) -> UserEvent {
+        UserEvent {
+            event_type: EventType::Click,
+            user_id: "u".into(),
+            item_id: item.into(),
+            timestamp_ms: ts,
+            quantity: None,
+            price: None,
+            location: None,
+            session_id: None,
+        }
+    }
+
+    #[test]
+    fn window_is_bounded_and_ordered() {
+        let mut m = UserMemory::default();
+        for i in 0..10 {
+            m.apply(&click(&i.to_string(), 100 + i), 4);
+        }
+        assert_eq!(m.recent_items, vec!["6", "7", "8", "9"]);
+        assert_eq!(m.clicks, 10);
+        assert_eq!(m.last_event_ms, 109);
+        // An out-of-order (older) event does not move last_event_ms back.
+        m.apply(&click("x", 5), 4);
+        assert_eq!(m.last_event_ms, 109);
+    }
+
+    #[test]
+    fn users_and_offsets_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let mut batch = StoreBatch::default();
+            let mut m = UserMemory::default();
+            m.apply(&click("a", 1), 50);
+            batch.put_user("alice".into(), m.clone());
+            batch.advance("events", 3, 10);
+            batch.advance("events", 3, 8);
+            store.commit(&batch).unwrap();
+            assert_eq!(store.user("alice").unwrap(), Some(m));
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.user("alice").unwrap().unwrap().clicks, 1);
+        assert_eq!(store.next_offset("events", 3).unwrap(), Some(10));
+        assert_eq!(store.next_offset("events", 4).unwrap(), None);
+        assert_eq!(store.user_count(), 1);
+    }
+
+    #[test]
+    fn second_open_of_a_locked_store_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path(), 1 << 20).unwrap();
+        let err = Store::open(dir.path(), 1 << 20)
+            .err()
+            .expect("locked")
+            .to_string();
+        assert!(err.contains("another longmem process"), "{err}");
+    }
+}

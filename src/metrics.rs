@@ -1,0 +1,325 @@
+//! Every metric longmem exports, declared and described here once, and the HTTP endpoint that serves
+//! them with the health probes: `/metrics` (Prometheus text), `/healthz` (the process is alive and its
+//! pipeline has not failed) and `/readyz` (the model is loaded and partitions are assigned).
+//!
+//! Conventions: prefix `longmem_`, units in the name, labels with bounded values only (event type,
+//! reject reason, pipeline stage, topic and partition); never a user or item id.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::event::{EventType, RejectReason};
+use crate::shutdown::Shutdown;
+
+pub const EVENTS_CONSUMED: &str = "longmem_events_consumed_total";
+pub const EVENTS_REJECTED: &str = "longmem_events_rejected_total";
+pub const RECOMMENDATIONS: &str = "longmem_recommendations_produced_total";
+pub const DEAD_LETTERS: &str = "longmem_dead_letters_produced_total";
+pub const PRODUCE_RETRIES: &str = "longmem_produce_retries_total";
+pub const BATCH_SIZE: &str = "longmem_batch_size_events";
+pub const BATCH_STAGE: &str = "longmem_batch_stage_duration_seconds";
+pub const INFERENCE: &str = "longmem_inference_duration_seconds";
+pub const END_TO_END: &str = "longmem_end_to_end_latency_seconds";
+pub const CONSUMER_LAG: &str = "longmem_consumer_lag_messages";
+pub const ASSIGNED_PARTITIONS: &str = "longmem_assigned_partitions";
+pub const STORE_SIZE: &str = "longmem_store_size_bytes";
+pub const MODEL_INFO: &str = "longmem_model_info";
+pub const EXECUTION_PROVIDER: &str = "longmem_execution_provider_info";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
+const STAGE_BUCKETS: &[f64] = &[
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(END_TO_END.into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(INFERENCE.into()), STAGE_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BATCH_STAGE.into()), STAGE_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)
+                })
+                .expect("bucket lists are non-empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed once per process");
+            describe();
+            // Zero-valued series from the start, so dashboards and alerts see every type and reason.
+            for t in EventType::ALL {
+                counter!(EVENTS_CONSUMED, "type" => t.as_str()).absolute(0);
+            }
+            for r in RejectReason::ALL {
+                counter!(EVENTS_REJECTED, "reason" => r.as_str()).absolute(0);
+            }
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        EVENTS_CONSUMED,
+        Unit::Count,
+        "Valid events consumed, by event type."
+    );
+    describe_counter!(
+        EVENTS_REJECTED,
+        Unit::Count,
+        "Messages rejected to the dead-letter topic, by reason."
+    );
+    describe_counter!(
+        RECOMMENDATIONS,
+        Unit::Count,
+        "Recommendations acknowledged by the broker."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        Unit::Count,
+        "Dead letters acknowledged by the broker."
+    );
+    describe_counter!(
+        PRODUCE_RETRIES,
+        Unit::Count,
+        "Micro-batches whose outputs had to be produced again after a delivery failure."
+    );
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Messages per micro-batch.");
+    describe_histogram!(
+        BATCH_STAGE,
+        Unit::Seconds,
+        "Time per micro-batch in each pipeline stage."
+    );
+    describe_histogram!(
+        INFERENCE,
+        Unit::Seconds,
+        "ONNX Runtime time per micro-batch."
+    );
+    describe_histogram!(
+        END_TO_END,
+        Unit::Seconds,
+        "From the event's Kafka timestamp to the broker's acknowledgement of its output."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        Unit::Count,
+        "Messages between the partition's high watermark and the consumer's position."
+    );
+    describe_gauge!(
+        ASSIGNED_PARTITIONS,
+        Unit::Count,
+        "Input partitions assigned to this instance."
+    );
+    describe_gauge!(STORE_SIZE, Unit::Bytes, "Size of the sled store on disk.");
+    describe_gauge!(
+        MODEL_INFO,
+        "The loaded model: always 1, with its name and version as labels."
+    );
+    describe_gauge!(
+        EXECUTION_PROVIDER,
+        "The ONNX Runtime execution provider actually in use: 1 for the provider label."
+    );
+}
+
+pub fn record_consumed(t: EventType) {
+    counter!(EVENTS_CONSUMED, "type" => t.as_str()).increment(1);
+}
+
+pub fn record_rejected(r: RejectReason) {
+    counter!(EVENTS_REJECTED, "reason" => r.as_str()).increment(1);
+}
+
+pub fn record_outputs(recommendations: u64, dead_letters: u64) {
+    counter!(RECOMMENDATIONS).increment(recommendations);
+    counter!(DEAD_LETTERS).increment(dead_letters);
+}
+
+pub fn record_produce_retry() {
+    counter!(PRODUCE_RETRIES).increment(1);
+}
+
+pub fn record_batch_size(n: usize) {
+    histogram!(BATCH_SIZE).record(n as f64);
+}
+
+/// A pipeline stage of one micro-batch, for [`record_stage`].
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    Decode,
+    Memory,
+    Inference,
+    Produce,
+    Store,
+    Commit,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::Decode,
+        Stage::Memory,
+        Stage::Inference,
+        Stage::Produce,
+        Stage::Store,
+        Stage::Commit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Memory => "memory",
+            Stage::Inference => "inference",
+            Stage::Produce => "produce",
+            Stage::Store => "store",
+            Stage::Commit => "commit",
+        }
+    }
+}
+
+pub fn record_stage(stage: Stage, elapsed: Duration) {
+    histogram!(BATCH_STAGE, "stage" => stage.as_str()).record(elapsed.as_secs_f64());
+    if let Stage::Inference = stage {
+        histogram!(INFERENCE).record(elapsed.as_secs_f64());
+    }
+}
+
+pub fn record_end_to_end(seconds: f64) {
+    histogram!(END_TO_END).record(seconds);
+}
+
+pub fn record_lag(topic: &str, partition: i32, lag: i64) {
+    gauge!(CONSUMER_LAG, "topic" => topic.to_string(), "partition" => partition.to_string())
+        .set(lag as f64);
+}
+
+pub fn record_assigned(partitions: usize) {
+    gauge!(ASSIGNED_PARTITIONS).set(partitions as f64);
+}
+
+pub fn record_store_size(bytes: u64) {
+    gauge!(STORE_SIZE).set(bytes as f64);
+}
+
+pub fn record_model(name: &str, version: &str, provider: &str) {
+    gauge!(MODEL_INFO, "name" => name.to_string(), "version" => version.to_string()).set(1.0);
+    for p in ["cpu", "cuda"] {
+        gauge!(EXECUTION_PROVIDER, "provider" => p).set(if p == provider { 1.0 } else { 0.0 });
+    }
+}
+
+/// What `/healthz` and `/readyz` report, updated by the pipeline.
+#[derive(Default)]
+pub struct Health {
+    pub model_loaded: AtomicBool,
+    pub assigned_partitions: AtomicUsize,
+    /// Set when the pipeline stopped on an error it cannot recover from.
+    pub failed: AtomicBool,
+}
+
+impl Health {
+    pub fn is_ready(&self) -> bool {
+        self.model_loaded.load(Ordering::Relaxed)
+            && self.assigned_partitions.load(Ordering::Relaxed) > 0
+            && !self.failed.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+}
+
+/// Binds the metrics address now (so a taken port is a start-up error) and returns the server future.
+pub async fn bind(
+    listen: &str,
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
+    let addr: SocketAddr = listen.parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("metrics.listen {listen}: {e}"),
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on metrics.listen {addr}: {e}; choose a free port"),
+        )
+    })?;
+    let upkeep_handle = handle.clone();
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(HttpState { handle, health });
+    Ok(async move {
+        // Histograms are drained into their buckets on upkeep; without an HTTP listener of the
+        // exporter's own, that is our job.
+        let mut upkeep_stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => upkeep_handle.run_upkeep(),
+                    _ = upkeep_stop.wait() => break,
+                }
+            }
+        });
+        let mut stop = shutdown;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await
+    })
+}
+
+async fn metrics_page(
+    State(state): State<HttpState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.handle.render(),
+    )
+}
+
+async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    if state.health.failed.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "pipeline failed\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    if state.health.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else if !state.health.model_loaded.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "model not loaded\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no partitions assigned\n")
+    }
+}

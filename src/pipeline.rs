@@ -1,0 +1,375 @@
+//! Wires the stages and owns the order of every micro-batch:
+//!
+//! 1. poll a micro-batch ([`Source::next_batch`]);
+//! 2. decode and validate each message; rejects become dead letters;
+//! 3. apply each user event to that user's memory (read from sled, changed in memory only);
+//! 4. one ONNX Runtime call for all of the batch's user events → top-K per event;
+//! 5. produce recommendations and dead letters and wait for the broker's acknowledgements
+//!    (on failure: produce the same outputs again; the state is still unwritten);
+//! 6. write the changed memories and every partition's next offset to sled in one atomic batch, flush;
+//! 7. commit the offsets to Kafka (for lag monitoring and tools).
+//!
+//! A crash before step 6 replays the batch from unchanged state (outputs repeat, none is missing); a
+//! crash after it replays nothing. Each event is applied to the state exactly once; each output is
+//! delivered at least once and carries its source offset, so consumers can drop repeats.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+use crate::event::{self, DeadLetter, Event, InMessage, ModelRef, Recommendation, RejectReason};
+use crate::memory::{Store, StoreBatch, StoreError, UserMemory};
+use crate::metrics::{self, Health, Stage};
+use crate::model::{Model, ModelError};
+use crate::shutdown::Shutdown;
+use crate::sink::{Output, Sink, SinkError};
+use crate::source::{Source, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Running totals for callers in the same process (the demo, benchmarks); operators use /metrics.
+#[derive(Default)]
+pub struct RunStats {
+    pub messages: AtomicU64,
+    pub recommendations: AtomicU64,
+    pub dead_letters: AtomicU64,
+    /// Nanoseconds spent processing batches (not waiting for input).
+    pub busy_nanos: AtomicU64,
+    pub rejects: Mutex<BTreeMap<&'static str, u64>>,
+    /// Nanoseconds per pipeline stage, indexed like [`Stage::ALL`].
+    pub stage_nanos: [AtomicU64; Stage::ALL.len()],
+    /// End-to-end latency in microseconds, from the Kafka timestamp to the output's acknowledgement.
+    pub latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl RunStats {
+    fn record_stage(&self, stage: Stage, since: Instant) {
+        let elapsed = since.elapsed();
+        metrics::record_stage(stage, elapsed);
+        self.stage_nanos[stage as usize].fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Seconds spent in each stage so far.
+    pub fn stage_seconds(&self) -> Vec<(&'static str, f64)> {
+        Stage::ALL
+            .iter()
+            .map(|s| {
+                (
+                    s.as_str(),
+                    self.stage_nanos[*s as usize].load(Ordering::Relaxed) as f64 / 1e9,
+                )
+            })
+            .collect()
+    }
+
+    fn record_latency(&self, micros: u64) {
+        let mut h = self.latency_us.lock().expect("latency lock");
+        let h = h.get_or_insert_with(|| {
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds")
+        });
+        let _ = h.record(micros.clamp(1, 3_600_000_000));
+    }
+
+    /// (p50, p99) end-to-end latency in milliseconds, if any output was acknowledged.
+    pub fn latency_ms(&self) -> Option<(f64, f64)> {
+        let h = self.latency_us.lock().expect("latency lock");
+        h.as_ref().filter(|h| !h.is_empty()).map(|h| {
+            (
+                h.value_at_quantile(0.5) as f64 / 1e3,
+                h.value_at_quantile(0.99) as f64 / 1e3,
+            )
+        })
+    }
+}
+
+/// Runs the pipeline on the calling thread until `shutdown` triggers; blocking (call it from a
+/// dedicated thread, never from an async runtime's worker).
+pub fn run(
+    config: &Config,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+    stats: Arc<RunStats>,
+) -> Result<(), PipelineError> {
+    let result = run_inner(config, &health, &shutdown, &stats);
+    if let Err(e) = &result {
+        health.failed.store(true, Ordering::Relaxed);
+        tracing::error!(error = %e, "pipeline stopped");
+    }
+    result
+}
+
+fn run_inner(
+    config: &Config,
+    health: &Arc<Health>,
+    shutdown: &Shutdown,
+    stats: &RunStats,
+) -> Result<(), PipelineError> {
+    let model = Model::load(&config.model)?;
+    if config.store.history_len < model.manifest.window {
+        tracing::warn!(
+            history_len = config.store.history_len,
+            window = model.manifest.window,
+            "store.history_len is shorter than the model's window; the model sees fewer items than it could"
+        );
+    }
+    metrics::record_model(
+        &model.manifest.name,
+        &model.manifest.version,
+        model.provider().as_str(),
+    );
+    tracing::info!(
+        model = %model.manifest.name,
+        version = %model.manifest.version,
+        provider = model.provider().as_str(),
+        "model loaded"
+    );
+    health.model_loaded.store(true, Ordering::Relaxed);
+
+    let store = Store::open(&config.store.path, config.store.cache_bytes)?;
+    let sink = Sink::new(config)?;
+    let source = Source::new(config, store.clone(), health.clone())?;
+    let mut worker = Worker {
+        config,
+        store: &store,
+        sink: &sink,
+        model,
+        shutdown,
+        stats,
+    };
+    let max_wait = Duration::from_millis(config.batch.max_wait_ms);
+    let mut last_gauges = Instant::now();
+    let outcome = loop {
+        if shutdown.is_triggered() {
+            break Ok(());
+        }
+        let batch = source.next_batch(config.batch.max_events, max_wait, shutdown);
+        if !batch.is_empty() {
+            let started = Instant::now();
+            match worker.process(&batch) {
+                Ok(Some(next_offsets)) => {
+                    let t = Instant::now();
+                    if let Err(e) =
+                        source.commit(next_offsets.iter().map(|(t, p, o)| (t.as_str(), *p, *o)))
+                    {
+                        tracing::warn!(error = %e, "committing offsets to Kafka failed; the store keeps them, the next commit catches up");
+                    }
+                    stats.record_stage(Stage::Commit, t);
+                }
+                Ok(None) => break Ok(()), // interrupted by shutdown before anything was written
+                Err(e) => break Err(e),
+            }
+            stats
+                .busy_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        if last_gauges.elapsed() > Duration::from_secs(5) {
+            metrics::record_store_size(store.size_on_disk());
+            last_gauges = Instant::now();
+        }
+    };
+    source.close();
+    sink.flush(Duration::from_secs(5));
+    metrics::record_store_size(store.size_on_disk());
+    health.assigned_partitions.store(0, Ordering::Relaxed);
+    outcome
+}
+
+struct Worker<'a> {
+    config: &'a Config,
+    store: &'a Store,
+    sink: &'a Sink,
+    model: Model,
+    shutdown: &'a Shutdown,
+    stats: &'a RunStats,
+}
+
+/// (topic, partition, next offset to read) of a partition a batch advanced.
+type NextOffset = (String, i32, i64);
+
+/// A user event's place in the batch: which message, and its recommendation row.
+struct UserRow {
+    message: usize,
+    user_id: String,
+    event_type: event::EventType,
+    event_timestamp_ms: i64,
+}
+
+impl Worker<'_> {
+    /// Processes one batch through steps 2–6. Returns the next offsets written, or `None` if shutdown
+    /// interrupted the batch before its state was written (it will be replayed).
+    fn process(
+        &mut self,
+        batch: &[InMessage],
+    ) -> Result<Option<Vec<NextOffset>>, PipelineError> {
+        metrics::record_batch_size(batch.len());
+        let now = now_ms();
+
+        // 2. decode
+        let t = Instant::now();
+        let mut events: Vec<Option<Event>> = Vec::with_capacity(batch.len());
+        let mut dead_letters: Vec<(usize, DeadLetter)> = Vec::new();
+        for (i, msg) in batch.iter().enumerate() {
+            match event::decode(msg, &self.config.limits, now) {
+                Ok(e) => {
+                    metrics::record_consumed(e.event_type());
+                    events.push(Some(e));
+                }
+                Err(rejection) => {
+                    metrics::record_rejected(rejection.reason);
+                    self.count_reject(rejection.reason);
+                    tracing::debug!(topic = %msg.topic, partition = msg.partition, offset = msg.offset, reason = rejection.reason.as_str(), detail = %rejection.detail, "rejected");
+                    dead_letters.push((i, DeadLetter::new(msg, rejection, now)));
+                    events.push(None);
+                }
+            }
+        }
+        self.stats.record_stage(Stage::Decode, t);
+
+        // 3. memory
+        let t = Instant::now();
+        let mut memories: HashMap<String, UserMemory> = HashMap::new();
+        let mut rows: Vec<UserRow> = Vec::new();
+        let mut item_seq: Vec<i64> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let Some(Event::User(e)) = e else { continue };
+            if !memories.contains_key(&e.user_id) {
+                let stored = self.store.user(&e.user_id)?.unwrap_or_default();
+                memories.insert(e.user_id.clone(), stored);
+            }
+            let memory = memories.get_mut(&e.user_id).expect("inserted above");
+            memory.apply(e, self.config.store.history_len);
+            self.model.encode_window(
+                memory.recent_items.iter().map(String::as_str),
+                &mut item_seq,
+            );
+            rows.push(UserRow {
+                message: i,
+                user_id: e.user_id.clone(),
+                event_type: e.event_type,
+                event_timestamp_ms: e.timestamp_ms,
+            });
+        }
+        self.stats.record_stage(Stage::Memory, t);
+
+        // 4. inference
+        let t = Instant::now();
+        let top = self
+            .model
+            .recommend(item_seq, rows.len(), self.config.model.exclude_seen)?;
+        self.stats.record_stage(Stage::Inference, t);
+
+        // 5. produce and wait for acknowledgements
+        let t = Instant::now();
+        let model_ref = ModelRef {
+            name: self.model.manifest.name.clone(),
+            version: self.model.manifest.version.clone(),
+        };
+        let emitted_at = now_ms();
+        let topics = &self.config.topics;
+        let mut outputs: Vec<Output> = Vec::with_capacity(rows.len() + dead_letters.len());
+        for (row, items) in rows.iter().zip(top) {
+            let msg = &batch[row.message];
+            let rec = Recommendation {
+                user_id: row.user_id.clone(),
+                items,
+                model: model_ref.clone(),
+                source: msg.source(),
+                event_type: row.event_type,
+                event_timestamp_ms: row.event_timestamp_ms,
+                ingest_timestamp_ms: msg.kafka_timestamp_ms.unwrap_or(emitted_at),
+                emitted_at_ms: emitted_at,
+            };
+            outputs.push(Output {
+                topic: &topics.recommendations,
+                key: Some(row.user_id.as_bytes()),
+                payload: serde_json::to_vec(&rec).expect("recommendations serialize"),
+            });
+        }
+        for (i, dl) in &dead_letters {
+            outputs.push(Output {
+                topic: &topics.dead_letter,
+                key: batch[*i].key.as_deref(),
+                payload: serde_json::to_vec(dl).expect("dead letters serialize"),
+            });
+        }
+        let mut attempt = 0u32;
+        while let Err(e) = self.sink.send_all(&outputs) {
+            if self.shutdown.is_triggered() {
+                tracing::warn!(error = %e, "stopping with a batch whose outputs were not acknowledged; it will be replayed");
+                return Ok(None);
+            }
+            attempt += 1;
+            metrics::record_produce_retry();
+            let backoff = Duration::from_millis((100u64 << attempt.min(6)).min(5_000));
+            tracing::error!(error = %e, attempt, ?backoff, "producing the batch's outputs failed; retrying the whole batch (state unchanged)");
+            std::thread::sleep(backoff);
+        }
+        let acked_ms = now_ms();
+        self.stats.record_stage(Stage::Produce, t);
+        for row in &rows {
+            if let Some(ts) = batch[row.message].kafka_timestamp_ms {
+                let micros = (acked_ms - ts).max(0) as u64 * 1000;
+                metrics::record_end_to_end(micros as f64 / 1e6);
+                self.stats.record_latency(micros);
+            }
+        }
+        metrics::record_outputs(rows.len() as u64, dead_letters.len() as u64);
+
+        // 6. state and offsets, atomically
+        let t = Instant::now();
+        let mut writes = StoreBatch::default();
+        for (user, memory) in memories {
+            writes.put_user(user, memory);
+        }
+        for msg in batch {
+            writes.advance(&msg.topic, msg.partition, msg.offset + 1);
+        }
+        self.store.commit(&writes)?;
+        self.stats.record_stage(Stage::Store, t);
+
+        self.stats
+            .messages
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats
+            .recommendations
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.stats
+            .dead_letters
+            .fetch_add(dead_letters.len() as u64, Ordering::Relaxed);
+        Ok(Some(
+            writes
+                .next_offsets()
+                .map(|(t, p, o)| (t.to_string(), p, o))
+                .collect(),
+        ))
+    }
+
+    fn count_reject(&self, reason: RejectReason) {
+        *self
+            .stats
+            .rejects
+            .lock()
+            .expect("rejects lock")
+            .entry(reason.as_str())
+            .or_default() += 1;
+    }
+}

@@ -1,0 +1,119 @@
+//! The Kafka producer for every output: recommendations, alerts and dead letters.
+//!
+//! Idempotent (`enable.idempotence`, `acks=all`), so broker-side retries never duplicate or reorder a
+//! partition's outputs. [`Sink::send_all`] returns only when the broker acknowledged every output of
+//! the batch, or with an error if any failed: the pipeline never moves an offset past an event whose
+//! output is not durable on the broker.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot create the Kafka producer: {0}. Check the [kafka] settings")]
+    Create(KafkaError),
+    #[error("delivery to topic {topic} failed: {source}")]
+    Delivery { topic: String, source: KafkaError },
+    #[error("the producer dropped a delivery report (it is shutting down)")]
+    Canceled,
+}
+
+/// One message to produce.
+pub struct Output<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: Vec<u8>,
+}
+
+pub struct Sink {
+    producer: FutureProducer,
+}
+
+/// librdkafka defaults for the producer that a user may override in `[kafka.producer]`.
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("linger.ms", "2"),
+    ("compression.type", "lz4"),
+    ("queue.buffering.max.messages", "100000"),
+    ("queue.buffering.max.kbytes", "65536"),
+];
+
+impl Sink {
+    pub fn new(config: &Config) -> Result<Sink, SinkError> {
+        let mut cc = ClientConfig::new();
+        for (k, v) in PRODUCER_DEFAULTS {
+            cc.set(*k, *v);
+        }
+        for (k, v) in config.kafka.properties.iter().chain(&config.kafka.producer) {
+            cc.set(k, v);
+        }
+        cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                config.kafka.produce_timeout_ms.to_string(),
+            );
+        let producer: FutureProducer = cc.create().map_err(SinkError::Create)?;
+        Ok(Sink { producer })
+    }
+
+    /// Produces every output and waits for all acknowledgements.
+    pub fn send_all(&self, outputs: &[Output<'_>]) -> Result<(), SinkError> {
+        let mut pending = Vec::with_capacity(outputs.len());
+        for out in outputs {
+            let mut record = FutureRecord::<[u8], [u8]>::to(out.topic).payload(&out.payload[..]);
+            if let Some(key) = out.key {
+                record = record.key(key);
+            }
+            // The local queue is bounded; when it is full, wait for deliveries to drain it.
+            let started = Instant::now();
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push((out.topic, delivery));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                        if started.elapsed() < Duration::from_secs(60) =>
+                    {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((source, _)) => {
+                        return Err(SinkError::Delivery {
+                            topic: out.topic.to_string(),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        let topics: Vec<&str> = pending.iter().map(|(t, _)| *t).collect();
+        let results = futures::executor::block_on(join_all(pending.into_iter().map(|(_, d)| d)));
+        for (topic, result) in topics.into_iter().zip(results) {
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err((source, _))) => {
+                    return Err(SinkError::Delivery {
+                        topic: topic.to_string(),
+                        source,
+                    })
+                }
+                Err(_) => return Err(SinkError::Canceled),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for anything still queued (used at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(Timeout::After(timeout));
+    }
+}
