@@ -145,6 +145,7 @@ fn run_inner(
     health.model_loaded.store(true, Ordering::Relaxed);
 
     let store = Store::open(&config.store.path, config.store.cache_bytes)?;
+    metrics::record_store_size(store.size_on_disk());
     let sink = Sink::new(config)?;
     let source = Source::new(config, store.clone(), health.clone())?;
     let mut worker = Worker {
@@ -181,7 +182,7 @@ fn run_inner(
                 .busy_nanos
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
-        if last_gauges.elapsed() > Duration::from_secs(5) {
+        if last_gauges.elapsed() > Duration::from_secs(1) {
             metrics::record_store_size(store.size_on_disk());
             last_gauges = Instant::now();
         }
@@ -216,10 +217,7 @@ struct UserRow {
 impl Worker<'_> {
     /// Processes one batch through steps 2–6. Returns the next offsets written, or `None` if shutdown
     /// interrupted the batch before its state was written (it will be replayed).
-    fn process(
-        &mut self,
-        batch: &[InMessage],
-    ) -> Result<Option<Vec<NextOffset>>, PipelineError> {
+    fn process(&mut self, batch: &[InMessage]) -> Result<Option<Vec<NextOffset>>, PipelineError> {
         metrics::record_batch_size(batch.len());
         let now = now_ms();
 

@@ -20,7 +20,11 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
@@ -30,13 +34,18 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn tool(var: &str, default: &str) -> PathBuf {
-    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| repo().join(default));
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(default));
     assert!(
         path.exists(),
         "{} not found; run `bash scripts/fetch-tools.sh` (or `make test`), or set {var}",
@@ -61,7 +70,13 @@ impl Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -75,9 +90,15 @@ impl Broker {
             .set("bootstrap.servers", &broker.bootstrap)
             .create()
             .unwrap();
-        wait_for("the broker to answer metadata requests", Duration::from_secs(20), || {
-            consumer.fetch_metadata(None, Duration::from_millis(500)).ok()
-        });
+        wait_for(
+            "the broker to answer metadata requests",
+            Duration::from_secs(20),
+            || {
+                consumer
+                    .fetch_metadata(None, Duration::from_millis(500))
+                    .ok()
+            },
+        );
         broker
     }
 
@@ -87,7 +108,9 @@ impl Broker {
             .create()
             .unwrap();
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let results = futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new())).unwrap();
+        let results =
+            futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))
+                .unwrap();
         for r in results {
             r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
         }
@@ -95,10 +118,16 @@ impl Broker {
             .set("bootstrap.servers", &self.bootstrap)
             .create()
             .unwrap();
-        wait_for(&format!("topic {name} to have {partitions} partitions"), Duration::from_secs(20), || {
-            let md = consumer.fetch_metadata(Some(name), Duration::from_millis(500)).ok()?;
-            (md.topics().first()?.partitions().len() == partitions as usize).then_some(())
-        });
+        wait_for(
+            &format!("topic {name} to have {partitions} partitions"),
+            Duration::from_secs(20),
+            || {
+                let md = consumer
+                    .fetch_metadata(Some(name), Duration::from_millis(500))
+                    .ok()?;
+                (md.topics().first()?.partitions().len() == partitions as usize).then_some(())
+            },
+        );
     }
 
     pub fn producer(&self) -> FutureProducer {
@@ -139,10 +168,13 @@ impl Broker {
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).unwrap();
         Reader { consumer }
@@ -156,7 +188,11 @@ impl Drop for Broker {
     }
 }
 
-pub fn produce_with(producer: &FutureProducer, topic: &str, messages: &[(Option<Vec<u8>>, Vec<u8>)]) {
+pub fn produce_with(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: &[(Option<Vec<u8>>, Vec<u8>)],
+) {
     let futures: Vec<_> = messages
         .iter()
         .map(|(key, payload)| {
@@ -195,7 +231,7 @@ pub struct Reader {
 impl Reader {
     pub fn poll_into(&mut self, records: &mut Vec<Record>, max: Duration) {
         let deadline = Instant::now() + max;
-        while let Some(left) = deadline.checked_sub(Instant::now()) {
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.consumer.poll(left) {
                 Some(Ok(m)) => records.push(Record {
                     partition: m.partition(),
@@ -235,7 +271,13 @@ impl Topics {
 }
 
 /// Writes a daemon config for `broker` and `topics` into `dir`; returns (path, metrics address).
-pub fn write_config(dir: &Path, broker: &Broker, topics: &Topics, group: &str, max_events: usize) -> (PathBuf, String) {
+pub fn write_config(
+    dir: &Path,
+    broker: &Broker,
+    topics: &Topics,
+    group: &str,
+    max_events: usize,
+) -> (PathBuf, String) {
     let metrics = format!("127.0.0.1:{}", free_port());
     let text = format!(
         r#"
@@ -313,9 +355,11 @@ impl Daemon {
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let status = wait_for("the daemon to exit after SIGTERM", Duration::from_secs(30), || {
-            self.child.try_wait().unwrap()
-        });
+        let status = wait_for(
+            "the daemon to exit after SIGTERM",
+            Duration::from_secs(30),
+            || self.child.try_wait().unwrap(),
+        );
         std::mem::forget(self);
         status
     }
@@ -333,7 +377,11 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
@@ -343,7 +391,8 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 
 /// JSON Schema validators for `schemas/<name>.json`.
 pub fn schema(name: &str) -> jsonschema::Validator {
-    let text = std::fs::read_to_string(repo().join("schemas").join(format!("{name}.json"))).unwrap();
+    let text =
+        std::fs::read_to_string(repo().join("schemas").join(format!("{name}.json"))).unwrap();
     let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
     jsonschema::draft202012::options()
         .should_validate_formats(true)
@@ -353,10 +402,17 @@ pub fn schema(name: &str) -> jsonschema::Validator {
 
 /// Real events: the first `n` MovieLens-100k ratings in time order, as (key, payload).
 pub fn movielens_messages(n: usize) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
-    let events = longmem::demo::movielens_events(&repo().join("../shared/data/seqrec/recbole_ml100k")).unwrap();
+    let events =
+        longmem::demo::movielens_events(&repo().join("../shared/data/seqrec/recbole_ml100k"))
+            .unwrap();
     events
         .iter()
         .take(n)
-        .map(|e| (Some(e.user_id.clone().into_bytes()), e.to_json().into_bytes()))
+        .map(|e| {
+            (
+                Some(e.user_id.clone().into_bytes()),
+                e.to_json().into_bytes(),
+            )
+        })
         .collect()
 }
