@@ -19,7 +19,9 @@ fn click(user: &str, item: &str) -> String {
 }
 
 /// (what is wrong, key, payload, expected reason)
-fn corpus() -> Vec<(&'static str, Option<Vec<u8>>, Vec<u8>, &'static str)> {
+type BadMessage = (&'static str, Option<Vec<u8>>, Vec<u8>, &'static str);
+
+fn corpus() -> Vec<BadMessage> {
     let k = |s: &str| Some(s.as_bytes().to_vec());
     let p = |s: &str| s.as_bytes().to_vec();
     let good = click("u1", "50");
