@@ -151,6 +151,7 @@ struct Broker {
 
 fn start_broker(args: &DemoArgs, config: &Config) -> anyhow::Result<Broker> {
     if let Some(b) = &args.brokers {
+        create_topics(b, config)?;
         return Ok(Broker {
             bootstrap: b.clone(),
             _mock: None,
@@ -168,6 +169,38 @@ fn start_broker(args: &DemoArgs, config: &Config) -> anyhow::Result<Broker> {
         bootstrap: mock.bootstrap_servers(),
         _mock: Some(mock),
     })
+}
+
+/// Creates the demo's topics on a real broker; topics that already exist are kept as they are.
+fn create_topics(bootstrap: &str, config: &Config) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let mut topics = vec![
+        NewTopic::new(
+            &config.topics.recommendations,
+            8,
+            TopicReplication::Fixed(1),
+        ),
+        NewTopic::new(&config.topics.dead_letter, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&config.topics.alerts, 1, TopicReplication::Fixed(1)),
+    ];
+    for t in &config.topics.input {
+        topics.push(NewTopic::new(t, 8, TopicReplication::Fixed(1)));
+    }
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = futures::executor::block_on(admin.create_topics(&topics, &options))
+        .with_context(|| format!("cannot create the demo topics on {bootstrap}"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, e)) => bail!("cannot create topic {topic} on {bootstrap}: {e}"),
+        }
+    }
+    Ok(())
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {

@@ -1,0 +1,81 @@
+//! Store footprint and write throughput: sled bytes per user after N users (default 100,000), each
+//! with a full 50-item window of MovieLens-100k item ids drawn with MovieLens's own popularity, written
+//! in micro-batches of 256 users through the daemon's own commit path (atomic batch + flush).
+//!
+//!     cargo bench --bench store -- [users]
+
+use std::time::Instant;
+
+use longmem::event::{EventType, UserEvent};
+use longmem::memory::{Store, StoreBatch, UserMemory};
+
+fn main() {
+    let users: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/seqrec/recbole_ml100k");
+    let items: Vec<String> = longmem::demo::movielens_events(&data)
+        .expect("MovieLens-100k from ../shared/data")
+        .into_iter()
+        .map(|e| e.item_id)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 64 << 20).unwrap();
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let started = Instant::now();
+    let mut batch = StoreBatch::default();
+    for u in 0..users {
+        let mut memory = UserMemory::default();
+        for i in 0..50 {
+            let event = UserEvent {
+                event_type: if i % 4 == 0 {
+                    EventType::Purchase
+                } else {
+                    EventType::Click
+                },
+                user_id: format!("user-{u}"),
+                item_id: items[(next() % items.len() as u64) as usize].clone(),
+                timestamp_ms: 1_700_000_000_000 + i,
+                quantity: None,
+                price: None,
+                location: None,
+                session_id: None,
+            };
+            memory.apply(&event, 50);
+        }
+        batch.put_user(format!("user-{u}"), memory);
+        batch.advance("events", (u % 8) as i32, u as i64 + 1);
+        if (u + 1) % 256 == 0 {
+            store.commit(&std::mem::take(&mut batch)).unwrap();
+        }
+    }
+    store.commit(&batch).unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let encoded = postcard::to_allocvec(&store.user("user-0").unwrap().unwrap())
+        .unwrap()
+        .len();
+    drop(store);
+    // Reopen so the size reflects what a restarted daemon finds on disk.
+    let store = Store::open(dir.path(), 64 << 20).unwrap();
+    let bytes = store.size_on_disk();
+    println!("users                      {users}");
+    println!(
+        "encoded state per user     {encoded} bytes (50-item window, counts, last event time)"
+    );
+    println!(
+        "sled size on disk          {bytes} bytes = {:.0} bytes per user",
+        bytes as f64 / users as f64
+    );
+    println!(
+        "write rate                 {:.0} users/s in batches of 256 (atomic batch + flush)",
+        users as f64 / elapsed
+    );
+}
