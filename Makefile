@@ -10,11 +10,12 @@ demo: tools
 
 ## test: formatting, lints, unit tests and integration tests against a real broker (tansu)
 test: tools lint
-	cargo test --all-targets -- --test-threads=2
+	cargo test -- --test-threads=2
 
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features cuda -- -D warnings
 
 ## run: the daemon with config/default.toml (needs a Kafka at kafka.bootstrap_servers)
 run: tools
