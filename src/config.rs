@@ -389,10 +389,10 @@ fn apply_override(tree: &mut toml::Table, var: &str, raw: &str) -> Result<(), Co
     if path.iter().any(|s| s.is_empty()) {
         return Err(env_error("has an empty section; use LONGMEM__SECTION__KEY"));
     }
-    if path.len() == 3
+    let librdkafka_property = path.len() == 3
         && path[0] == "kafka"
-        && ["properties", "consumer", "producer"].contains(&path[1].as_str())
-    {
+        && ["properties", "consumer", "producer"].contains(&path[1].as_str());
+    if librdkafka_property {
         path[2] = path[2].replace('_', ".");
     }
     let (last, parents) = path.split_last().expect("split yields at least one part");
@@ -407,6 +407,8 @@ fn apply_override(tree: &mut toml::Table, var: &str, raw: &str) -> Result<(), Co
     }
     let existing_is_list = matches!(table.get(last), Some(toml::Value::Array(_)));
     let value = match format!("v = {raw}").parse::<toml::Table>() {
+        // librdkafka takes every property as a string, `10` included.
+        _ if librdkafka_property => toml::Value::String(raw.to_string()),
         Ok(mut t) => t.remove("v").expect("parsed table has v"),
         Err(_) if existing_is_list => toml::Value::Array(
             raw.split(',')
@@ -478,6 +480,7 @@ path = "models/ml100k-sasrec"
                 ("LONGMEM__TOPICS__INPUT", "a, b"),
                 ("LONGMEM__KAFKA__GROUP_ID", "42"),
                 ("LONGMEM__KAFKA__PROPERTIES__SASL_MECHANISM", "PLAIN"),
+                ("LONGMEM__KAFKA__CONSUMER__FETCH_WAIT_MAX_MS", "10"),
                 ("LONGMEM__METRICS__LISTEN", "0.0.0.0:9000"),
                 ("OTHER", "ignored"),
             ],

@@ -30,7 +30,8 @@ use crate::shutdown::Shutdown;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// A real Kafka to use instead of the embedded broker (host:port,...).
+    /// A real Kafka to use instead of the embedded broker (host:port,...); the run creates topics
+    /// of its own there, named after the configured ones with a `.demo-<unix time>` suffix.
     #[arg(long)]
     pub brokers: Option<String>,
     /// Base configuration; the demo overrides brokers, store path and topics' partitions.
@@ -39,8 +40,9 @@ pub struct DemoArgs {
     /// MovieLens-100k in RecBole atomic files.
     #[arg(long, default_value = "../shared/data/seqrec/recbole_ml100k")]
     pub data: PathBuf,
-    /// Events per second offered to the daemon (0: as fast as the producer can).
-    #[arg(long, default_value_t = 20_000)]
+    /// Events per second offered to the daemon (0: as fast as the producer can, which measures the
+    /// pipeline's capacity; latency then includes the backlog).
+    #[arg(long, default_value_t = 3_000)]
     pub rate: u64,
     /// Stream only the first N events (0: all 100,000).
     #[arg(long, default_value_t = 0)]
@@ -210,6 +212,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         events.truncate(args.limit);
     }
     let titles = movielens_titles(&args.data);
+    if args.brokers.is_some() {
+        // A real broker may hold earlier runs' topics: this run gets topics of its own.
+        let run = format!("demo-{}", crate::pipeline::now_ms() / 1000);
+        for t in config.topics.input.iter_mut() {
+            *t = format!("{t}.{run}");
+        }
+        let topics = &mut config.topics;
+        for t in [
+            &mut topics.recommendations,
+            &mut topics.alerts,
+            &mut topics.dead_letter,
+        ] {
+            *t = format!("{t}.{run}");
+        }
+    }
     let broker = start_broker(&args, &config)?;
     let store_dir = tempfile::Builder::new().prefix("longmem-demo-").tempdir()?;
     config.kafka.bootstrap_servers = broker.bootstrap.clone();
@@ -412,9 +429,15 @@ fn read_recommendations(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Reco
     consumer.assign(&tpl)?;
     let mut recs = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !ends.is_empty() && Instant::now() < deadline {
+    // Past the watermarks, read on until the topic is quiet for a second: some Kafka-compatible
+    // brokers report a high watermark that trails the last message.
+    let mut quiet_since = Instant::now();
+    while (!ends.is_empty() || quiet_since.elapsed() < Duration::from_secs(1))
+        && Instant::now() < deadline
+    {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
+                quiet_since = Instant::now();
                 if let Some(r) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
                     recs.push(r);
                 }

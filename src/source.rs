@@ -182,6 +182,8 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("session.timeout.ms", "10000"),
     ("statistics.interval.ms", "5000"),
     ("queued.max.messages.kbytes", "16384"),
+    // librdkafka's 500 ms default holds a quiet partition's next event that long: latency, not load.
+    ("fetch.wait.max.ms", "10"),
     ("partition.assignment.strategy", "range,roundrobin"),
 ];
 
