@@ -11,6 +11,8 @@ demo: tools
 ## test: formatting, lints, unit tests and integration tests against a real broker (tansu)
 test: tools lint
 	cargo test -- --test-threads=2
+	# The CUDA build on a machine without a GPU: refuses to start, or falls back when allowed.
+	cargo test --features cuda --lib model
 
 lint:
 	cargo fmt --check

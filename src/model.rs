@@ -431,6 +431,67 @@ mod tests {
         assert_eq!(m.kind, "full");
     }
 
+    fn shipped_model_config(provider: ExecutionProvider, allow_cpu_fallback: bool) -> ModelConfig {
+        ModelConfig {
+            path: Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ml100k-sasrec"),
+            execution_provider: provider,
+            allow_cpu_fallback,
+            exclude_seen: true,
+            intra_threads: 1,
+            runtime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn shipped_model_recommends_k_unseen_items() {
+        let mut model = Model::load(&shipped_model_config(ExecutionProvider::Cpu, false)).unwrap();
+        assert_eq!(model.provider(), ExecutionProvider::Cpu);
+        let (k, window) = (model.manifest.k, model.manifest.window);
+        let histories: [&[&str]; 3] = [&["50", "181", "258"], &[], &["not-in-vocabulary", "1"]];
+        let mut item_seq = Vec::new();
+        for h in histories {
+            model.encode_window(h.iter().copied(), &mut item_seq);
+        }
+        assert_eq!(item_seq.len(), 3 * window);
+        assert_eq!(
+            &item_seq[window - 3..window],
+            &[
+                model.vocabulary.index_of("50").unwrap(),
+                model.vocabulary.index_of("181").unwrap(),
+                model.vocabulary.index_of("258").unwrap()
+            ]
+        );
+        let top = model.recommend(item_seq, 3, true).unwrap();
+        assert_eq!(top.len(), 3);
+        for (row, h) in top.iter().zip(histories) {
+            assert_eq!(row.len(), k);
+            assert!(
+                row.windows(2).all(|w| w[0].score >= w[1].score),
+                "best first"
+            );
+            assert!(
+                row.iter().all(|i| !h.contains(&i.item_id.as_str())),
+                "seen items are left out"
+            );
+        }
+    }
+
+    /// On a machine without a GPU the CUDA provider cannot register: refuse, or run on CPU if allowed.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_that_cannot_register_refuses_to_start_unless_fallback_is_allowed() {
+        if std::env::var_os("LONGMEM_EXPECT_CUDA").is_some() {
+            return; // on a GPU machine the provider does register; see GPU.md
+        }
+        let err = Model::load(&shipped_model_config(ExecutionProvider::Cuda, false))
+            .err()
+            .expect("refused");
+        assert!(matches!(err, ModelError::Cuda(_)), "{err}");
+        assert!(err.to_string().contains("allow_cpu_fallback"), "{err}");
+        let model = Model::load(&shipped_model_config(ExecutionProvider::Cuda, true)).unwrap();
+        assert_eq!(model.provider(), ExecutionProvider::Cpu);
+    }
+
     #[test]
     fn missing_runtime_library_is_a_clear_error() {
         let err = init_runtime(Some(Path::new("/nonexistent/libonnxruntime.so")))
