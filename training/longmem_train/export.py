@@ -1,0 +1,118 @@
+"""ONNX export of the `full` and `step` graphs, parity between them, and CPU cost per event."""
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from .data import left_pad
+from .models import FullGraph, StepGraph
+
+
+def export(model, out_dir, candidates):
+    """Writes model.onnx (full) and step.onnx; returns the step graph's state description."""
+    model.eval()
+    full = FullGraph(model, candidates)
+    example = torch.ones(2, model.window, dtype=torch.long)
+    torch.onnx.export(full, (example,), f"{out_dir}/model.onnx", input_names=["item_seq"],
+                      output_names=["top_items", "top_scores", "scores"],
+                      dynamic_axes={n: {0: "batch"} for n in ["item_seq", "top_items", "top_scores", "scores"]},
+                      opset_version=17, dynamo=False)
+    shapes = model.state_shapes(3)
+    other = model.state_shapes(4)
+    names = list(shapes)
+    state = [torch.zeros(s) for s in shapes.values()]
+    step = StepGraph(model, candidates)
+    # The batch axis is the one that changes with the batch size.
+    batch_axis = {n: next(i for i, (a, b) in enumerate(zip(shapes[n], other[n])) if a != b) for n in names}
+    dyn = {"item": {0: "batch"}, "top_items": {0: "batch"}, "top_scores": {0: "batch"}, "scores": {0: "batch"}}
+    for n in names:
+        dyn[n] = {batch_axis[n]: "batch"}
+        dyn[n + "_out"] = {batch_axis[n]: "batch"}
+    torch.onnx.export(step, (torch.ones(3, dtype=torch.long), *state), f"{out_dir}/step.onnx",
+                      input_names=["item", *names], output_names=["top_items", "top_scores", "scores", *[n + "_out" for n in names]],
+                      dynamic_axes=dyn, opset_version=17, dynamo=False)
+    return [
+        {"name": n, "input": n, "output": n + "_out", "dtype": "float32",
+         "shape": ["batch" if i == batch_axis[n] else d for i, d in enumerate(shapes[n])], "batch_axis": batch_axis[n]}
+        for n in names
+    ]
+
+
+def session(path, threads=1):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def run_steps(step_sess, state_spec, prefixes):
+    """Feeds each prefix event by event through the step graph (batched across users; a user whose
+    prefix is shorter simply keeps its state). Returns the last step's scores per user."""
+    b = len(prefixes)
+    state = {}
+    for s in state_spec:
+        shape = [b if d == "batch" else d for d in s["shape"]]
+        state[s["name"]] = np.zeros(shape, dtype=np.float32)
+    longest = max(len(p) for p in prefixes)
+    aligned = np.array([left_pad(p, longest) for p in prefixes], dtype=np.int64)
+    scores = None
+    for t in range(longest):
+        items = aligned[:, t]
+        active = items > 0
+        if not active.any():
+            continue
+        feeds = {"item": np.where(active, items, 1), **state}
+        out = step_sess.run(None, feeds)
+        new_scores = out[2]
+        scores = new_scores if scores is None else np.where(active[:, None], new_scores, scores)
+        for s, new in zip(state_spec, out[3:]):
+            mask = active.reshape([-1 if i == s["batch_axis"] else 1 for i in range(new.ndim)])
+            state[s["name"]] = np.where(mask, new, state[s["name"]])
+    return scores
+
+
+def parity(out_dir, state_spec, cases, window, step_history, k=10, batch=256):
+    """Step over each prefix vs full over the same prefix: share of users with the same top-k, and
+    the largest score difference. `step_history` is how much of the prefix the step graph sees:
+    "all" (its state covers the whole history) or "window" (the same last `window` items as full)."""
+    full = session(f"{out_dir}/model.onnx", 2)
+    step = session(f"{out_dir}/step.onnx", 2)
+    users = sorted(cases)
+    same, max_diff = 0, 0.0
+    for start in range(0, len(users), batch):
+        chunk = users[start:start + batch]
+        prefixes = [cases[u][0] if step_history == "all" else cases[u][0][-window:] for u in chunk]
+        x = np.array([left_pad(cases[u][0], window) for u in chunk], dtype=np.int64)
+        full_scores = full.run(["scores"], {"item_seq": x})[0]
+        step_scores = run_steps(step, state_spec, prefixes)
+        fs, ss = full_scores[:, 1:], step_scores[:, 1:]
+        max_diff = max(max_diff, float(np.abs(fs - ss).max()))
+        top_f = np.argsort(-fs, axis=1, kind="stable")[:, :k]
+        top_s = np.argsort(-ss, axis=1, kind="stable")[:, :k]
+        same += int((np.sort(top_f, axis=1) == np.sort(top_s, axis=1)).all(axis=1).sum())
+    return {"users": len(users), "same_top10_share": same / len(users), "max_abs_score_diff": max_diff}
+
+
+def cost_per_event(out_dir, state_spec, window, n_items, seconds=2.0):
+    """µs per event through onnxruntime on one thread, for full and step at batch 1 and 256."""
+    full = session(f"{out_dir}/model.onnx", 1)
+    step = session(f"{out_dir}/step.onnx", 1)
+    rng = np.random.default_rng(0)
+    result = {}
+    for b in (1, 256):
+        x = rng.integers(1, n_items + 1, (b, window)).astype(np.int64)
+        feeds_full = {"item_seq": x}
+        state = {s["name"]: rng.standard_normal([b if d == "batch" else d for d in s["shape"]]).astype(np.float32) * 0.1
+                 for s in state_spec}
+        if "cache_mask" in state:
+            state["cache_mask"] = np.ones_like(state["cache_mask"])
+        feeds_step = {"item": x[:, -1], **state}
+        for name, sess, feeds in (("full", full, feeds_full), ("step", step, feeds_step)):
+            outs = ["top_items", "top_scores"] + ([s["output"] for s in state_spec] if name == "step" else [])
+            sess.run(outs, feeds)
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                sess.run(outs, feeds)
+                n += b
+            result[f"{name}_batch{b}_us_per_event"] = round((time.perf_counter() - t0) / n * 1e6, 2)
+    return result

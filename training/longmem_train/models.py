@@ -1,0 +1,191 @@
+"""Recommenders, each with a `full` graph (item window -> scores) and a `step` graph (stored state +
+one new item -> new state + scores), sharing weights.
+
+- `SASRec`: causal self-attention (the SASRec architecture) with two changes that make an exact
+  key/value cache possible: positions enter as an ALiBi recency bias instead of absolute position
+  embeddings, and each layer attends to the last `span` positions only (sliding-window attention).
+  The cache then holds, per layer, the keys and values of the last `span - 1` items, and `full` over
+  the last `layers * (span - 1) + 1` items equals `step` over the whole history, exactly.
+- `GRU4Rec`: a GRU over the item sequence; the state is the hidden vector. `full` runs the same
+  cell over the window (left padding leaves the state untouched), so `step` over the same items
+  gives the same state.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def alibi_slopes(heads):
+    return torch.tensor([2 ** (-8 * (h + 1) / heads) for h in range(heads)])
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, dropout):
+        super().__init__()
+        self.heads, self.dh = heads, dim // heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def split(self, t):  # [B, T, D] -> [B, H, T, dh]
+        return t.unflatten(-1, (self.heads, self.dh)).transpose(1, 2)
+
+    def attend(self, q, k, v, bias):
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(self.dh) + bias
+        att = self.drop(torch.softmax(att, dim=-1))
+        out = att @ v  # [B, H, Tq, dh]
+        return self.out(out.transpose(1, 2).flatten(2))
+
+    def forward(self, x, bias):
+        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
+        x = x + self.drop(self.attend(self.split(q), self.split(k), self.split(v), bias))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+    def step(self, x, k_cache, v_cache, bias):
+        """x [B, 1, D]; caches [B, H, S-1, dh]. Returns the output and this layer's new k, v."""
+        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
+        q, k, v = self.split(q), self.split(k), self.split(v)
+        keys = torch.cat([k_cache, k], dim=2)
+        values = torch.cat([v_cache, v], dim=2)
+        x = x + self.attend(q, keys, values, bias)
+        return x + self.ff(self.ln2(x)), k, v
+
+
+class SASRec(nn.Module):
+    kind = "sasrec"
+
+    def __init__(self, n_items, window=50, dim=64, layers=2, heads=2, span=25, dropout=0.2):
+        super().__init__()
+        assert window >= layers * (span - 1) + 1, "the window must cover every layer's span"
+        self.n_items, self.window, self.dim, self.layers, self.heads, self.span = n_items, window, dim, layers, heads, span
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        self.register_buffer("slopes", alibi_slopes(heads).view(1, heads, 1, 1), persistent=False)
+
+    def embed(self, items):
+        return self.item_emb(items) * math.sqrt(self.dim)
+
+    def encode(self, seq):
+        """seq [B, T] left-padded -> hidden [B, T, D]."""
+        t = seq.shape[1]
+        i = torch.arange(t, device=seq.device)
+        dist = (i.view(-1, 1) - i.view(1, -1)).float()                       # query - key
+        allowed = (dist >= 0) & (dist < self.span)
+        key_real = (seq > 0).view(seq.shape[0], 1, 1, t)
+        allowed = allowed.view(1, 1, t, t) & (key_real | (dist == 0).view(1, 1, t, t))
+        bias = torch.where(allowed, -self.slopes * dist, torch.tensor(float("-inf"), device=seq.device))
+        x = self.drop(self.embed(seq))
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.norm(x)
+
+    def scores(self, hidden):
+        return hidden @ self.item_emb.weight.T
+
+    # --- state for the step graph ---
+    def state_shapes(self, batch):
+        s = (self.layers, batch, self.heads, self.span - 1, self.dim // self.heads)
+        return {"k_cache": s, "v_cache": s, "cache_mask": (batch, self.span - 1)}
+
+    def step(self, item, k_cache, v_cache, cache_mask):
+        """item [B]; caches [L, B, H, S-1, dh]; cache_mask [B, S-1] (1 = filled, oldest first)."""
+        dist = torch.arange(self.span - 1, -1, -1, device=item.device).float()     # oldest .. newest
+        filled = torch.ones_like(cache_mask[:, :1])
+        mask = torch.cat([cache_mask, filled], dim=1).unsqueeze(1).unsqueeze(1)
+        bias = torch.where(mask > 0, -self.slopes * dist.view(1, 1, 1, -1), torch.full_like(mask, float("-inf")))
+        x = self.embed(item).unsqueeze(1)
+        new_k, new_v = [], []
+        for l, block in enumerate(self.blocks):
+            x, k, v = block.step(x, k_cache[l], v_cache[l], bias)
+            new_k.append(torch.cat([k_cache[l][:, :, 1:], k], dim=2))
+            new_v.append(torch.cat([v_cache[l][:, :, 1:], v], dim=2))
+        hidden = self.norm(x)[:, 0]
+        new_mask = torch.cat([cache_mask[:, 1:], filled], dim=1)
+        return hidden, (torch.stack(new_k), torch.stack(new_v), new_mask)
+
+
+class GRU4Rec(nn.Module):
+    kind = "gru4rec"
+
+    def __init__(self, n_items, window=50, dim=64, dropout=0.2, **_):
+        super().__init__()
+        self.n_items, self.window, self.dim = n_items, window, dim
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.cell = nn.GRUCell(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def encode(self, seq):
+        b, t = seq.shape
+        h = torch.zeros(b, self.dim, device=seq.device)
+        x = self.drop(self.item_emb(seq))
+        out = []
+        for i in range(t):
+            real = (seq[:, i] > 0).float().unsqueeze(1)
+            h = real * self.cell(x[:, i], h) + (1 - real) * h
+            out.append(h)
+        return self.norm(self.drop(torch.stack(out, dim=1)))
+
+    def scores(self, hidden):
+        return hidden @ self.item_emb.weight.T
+
+    def state_shapes(self, batch):
+        return {"hidden": (batch, self.dim)}
+
+    def step(self, item, hidden):
+        h = self.cell(self.item_emb(item), hidden)
+        return self.norm(h), (h,)
+
+
+RECOMMENDERS = {"sasrec": SASRec, "gru4rec": GRU4Rec}
+
+
+class FullGraph(nn.Module):
+    """item_seq [B, W] -> top_items, top_scores [B, candidates], scores [B, n_items + 1]."""
+
+    def __init__(self, model, candidates):
+        super().__init__()
+        self.model, self.candidates = model, candidates
+
+    def forward(self, item_seq):
+        hidden = self.model.encode(item_seq)[:, -1]
+        scores = self.model.scores(hidden)
+        scores = torch.cat([torch.full_like(scores[:, :1], -1e9), scores[:, 1:]], dim=1)
+        top_scores, top_items = torch.topk(scores, self.candidates, dim=1)
+        return top_items, top_scores, scores
+
+
+class StepGraph(nn.Module):
+    """(item [B], *state) -> (top_items, top_scores, scores, *new_state)."""
+
+    def __init__(self, model, candidates):
+        super().__init__()
+        self.model, self.candidates = model, candidates
+
+    def forward(self, item, *state):
+        hidden, new_state = self.model.step(item, *state)
+        scores = self.model.scores(hidden)
+        scores = torch.cat([torch.full_like(scores[:, :1], -1e9), scores[:, 1:]], dim=1)
+        top_scores, top_items = torch.topk(scores, self.candidates, dim=1)
+        return (top_items, top_scores, scores, *new_state)
+
+
+def sampled_softmax_loss(model, batch, negatives):
+    """Cross-entropy of each next item against `negatives` uniformly sampled items."""
+    inp, pos = batch[:, :-1], batch[:, 1:]
+    hidden = model.encode(inp)                                                   # [B, W, D]
+    neg = torch.randint(1, model.n_items + 1, (negatives,), device=batch.device)
+    emb = model.item_emb
+    pos_logit = (hidden * emb(pos)).sum(-1, keepdim=True)                       # [B, W, 1]
+    neg_logit = hidden @ emb(neg).T                                              # [B, W, N]
+    neg_logit = neg_logit.masked_fill(neg.view(1, 1, -1) == pos.unsqueeze(-1), float("-inf"))
+    logits = torch.cat([pos_logit, neg_logit], dim=-1)
+    loss = F.cross_entropy(logits.reshape(-1, 1 + negatives), torch.zeros(logits.shape[0] * logits.shape[1], dtype=torch.long, device=batch.device), reduction="none")
+    mask = (pos > 0).reshape(-1).float()
+    return (loss * mask).sum() / mask.sum()

@@ -1,0 +1,140 @@
+"""Train, evaluate and export one recommender.
+
+    python training/train.py --model sasrec --data ../shared/data/seqrec/sasrec_games/Video.txt --out models/sasrec
+    python training/train.py --model gru4rec --data recbole:../shared/data/seqrec/recbole_ml100k --out models/gru4rec-ml100k
+
+`--data` takes any `user item` file (one interaction per line, in time order per user), or
+`recbole:DIR` for MovieLens-100k. The model directory receives model.onnx (full graph), step.onnx,
+model.json (the daemon's manifest), items.txt, metrics.json.
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from longmem_train import data as D                                  # noqa: E402
+from longmem_train.evaluate import evaluate, popularity_scorer       # noqa: E402
+from longmem_train.export import cost_per_event, export, parity, session  # noqa: E402
+from longmem_train.models import RECOMMENDERS, sampled_softmax_loss  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(RECOMMENDERS), required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", help="model name in the manifest (default: MODEL-DATASET)")
+    p.add_argument("--version", default="1")
+    p.add_argument("--window", type=int, default=50)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--span", type=int, default=25)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--negatives", type=int, default=256)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--max-minutes", type=float, default=55.0, help="stop training after this long")
+    p.add_argument("--valid-users", type=int, default=5000, help="users sampled for early stopping")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = p.parse_args()
+
+    random.seed(args.seed); np.random.seed(args.seed); torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    ds = D.load(args.data)
+    train, valid, test = D.split(ds)
+    name = args.name or f"{args.model}-{ds.name.split('.')[0].lower()}"
+    model = RECOMMENDERS[args.model](ds.n_items, window=args.window, dim=args.dim, layers=args.layers,
+                                     heads=args.heads, span=args.span, dropout=args.dropout)
+    windows = torch.tensor(D.training_windows(train, args.window))
+    print(f"{name}: users={len(ds.sequences)} items={ds.n_items} training windows={len(windows)}", flush=True)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    rng = random.Random(args.seed)
+    valid_sample = {u: valid[u] for u in rng.sample(sorted(valid), min(args.valid_users, len(valid)))}
+
+    def torch_scores(x):
+        with torch.no_grad():
+            return model.scores(model.encode(torch.from_numpy(x))[:, -1]).numpy()
+
+    best, best_state, bad, t0, epochs = -1.0, None, 0, time.time(), 0
+    for epoch in range(args.epochs):
+        model.train()
+        perm = torch.randperm(len(windows))
+        total = 0.0
+        for start in range(0, len(windows), args.batch):
+            loss = sampled_softmax_loss(model, windows[perm[start:start + args.batch]], args.negatives)
+            opt.zero_grad(); loss.backward(); opt.step()
+            total += float(loss.detach())
+        model.eval()
+        v = evaluate(torch_scores, valid_sample, ds.n_items, args.window, "full")
+        epochs = epoch + 1
+        print(f"epoch {epoch:3d} loss {total:9.2f} valid(full) HR@10 {v['hr@10']:.4f} NDCG@10 {v['ndcg@10']:.4f} "
+              f"({time.time() - t0:.0f}s)", flush=True)
+        if v["ndcg@10"] > best:
+            best, bad = v["ndcg@10"], 0
+            best_state = {k: t.clone() for k, t in model.state_dict().items()}
+        else:
+            bad += 1
+        if bad >= args.patience or time.time() - t0 > args.max_minutes * 60:
+            break
+    train_seconds = time.time() - t0
+    model.load_state_dict(best_state)
+    model.eval()
+
+    os.makedirs(args.out, exist_ok=True)
+    candidates = min(args.k + args.window, ds.n_items)
+    state_spec = export(model, args.out, candidates)
+    with open(os.path.join(args.out, "items.txt"), "w") as f:
+        f.write("\n".join(ds.vocab) + "\n")
+
+    # Test metrics through the exported graph: what the daemon serves.
+    full = session(os.path.join(args.out, "model.onnx"), args.threads)
+
+    def onnx_scores(x):
+        return full.run(["scores"], {"item_seq": x})[0]
+
+    results = {}
+    for protocol in ("sampled", "full"):
+        results[protocol] = evaluate(onnx_scores, test, ds.n_items, args.window, protocol)
+        results[f"popularity_{protocol}"] = evaluate(popularity_scorer(train, ds.n_items), test, ds.n_items, args.window, protocol)
+        print(protocol, results[protocol], "popularity", results[f"popularity_{protocol}"], flush=True)
+    step_history = "all" if args.model == "sasrec" else "window"
+    results["parity"] = parity(args.out, state_spec, test, args.window, step_history)
+    print("parity", results["parity"], flush=True)
+    results["cpu_cost"] = cost_per_event(args.out, state_spec, args.window, ds.n_items)
+    print("cpu cost", results["cpu_cost"], flush=True)
+    state_bytes = sum(4 * int(np.prod([d for d in s["shape"] if d != "batch"])) for s in state_spec)
+    results.update({"state_bytes_per_user": state_bytes, "train_seconds": round(train_seconds, 1), "epochs": epochs,
+                    "valid_full_ndcg@10": round(best, 4), "data": args.data, "data_sha256": ds.sha256})
+
+    manifest = {
+        "name": name, "version": args.version, "kind": "full", "model_file": "model.onnx",
+        "vocabulary_file": "items.txt", "n_items": ds.n_items, "window": args.window, "k": args.k,
+        "candidates": candidates,
+        "inputs": [{"name": "item_seq", "dtype": "int64", "shape": ["batch", args.window]}],
+        "outputs": [{"name": "top_items", "dtype": "int64", "shape": ["batch", candidates]},
+                    {"name": "top_scores", "dtype": "float32", "shape": ["batch", candidates]},
+                    {"name": "scores", "dtype": "float32", "shape": ["batch", ds.n_items + 1]}],
+        "step": {"model_file": "step.onnx", "item_input": "item", "history": step_history, "state": state_spec,
+                 "outputs": ["top_items", "top_scores"]},
+        "training": {"data": args.data, "data_sha256": ds.sha256, "script": "training/train.py", "args": vars(args)},
+    }
+    with open(os.path.join(args.out, "model.json"), "w") as f:
+        json.dump(manifest, f, indent=2); f.write("\n")
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=2); f.write("\n")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
