@@ -26,8 +26,8 @@ run: tools
 tools:
 	@bash scripts/fetch-tools.sh >/dev/null
 
-## models: retrain the demo model from ../shared/data (needs Python; installs PyTorch into .tools/venv)
+## models: retrain every recommender from ../shared/data on CPU (installs PyTorch into .tools/venv)
 models:
 	python3 -m venv .tools/venv
 	.tools/venv/bin/pip install -q -r training/requirements.txt
-	.tools/venv/bin/python training/sasrec_ml100k.py --out models/ml100k-sasrec
+	bash training/reproduce.sh

@@ -119,6 +119,17 @@ pub enum ExecutionProvider {
     Cuda,
 }
 
+/// Which graph answers events: `step` keeps the model's recurrent state or key/value cache in the
+/// store and costs one incremental step per event; `full` re-reads the recent-item window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelMode {
+    /// `step` when the model directory has a step graph, else `full`.
+    Auto,
+    Full,
+    Step,
+}
+
 impl ExecutionProvider {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -138,6 +149,8 @@ pub struct ModelConfig {
     /// With `execution_provider = "cuda"`: run on CPU instead of refusing to start when CUDA cannot be registered.
     #[serde(default)]
     pub allow_cpu_fallback: bool,
+    #[serde(default = "default_mode")]
+    pub mode: ModelMode,
     /// Leave items the user has just interacted with (the model's input window) out of their recommendations.
     #[serde(default = "default_true")]
     pub exclude_seen: bool,
@@ -203,6 +216,9 @@ fn default_provider() -> ExecutionProvider {
 }
 fn default_threads() -> usize {
     2
+}
+fn default_mode() -> ModelMode {
+    ModelMode::Auto
 }
 fn default_true() -> bool {
     true
@@ -443,7 +459,7 @@ dead_letter = "dlq"
 [store]
 path = "var/store"
 [model]
-path = "models/ml100k-sasrec"
+path = "models/sasrec-ml100k"
 "#;
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {

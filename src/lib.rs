@@ -2,7 +2,7 @@
 //!
 //! The modules follow one event through the daemon:
 //! [`source`] (consumer) → [`batch`] (micro-batcher) → [`event`] (decode and validate) →
-//! [`memory`] (sled) → [`model`] (ONNX Runtime) → [`sink`] (producer), wired by [`pipeline`],
+//! [`memory`] (sled) → [`recommend`] with [`model`] (ONNX Runtime) → [`sink`] (producer), wired by [`pipeline`],
 //! configured by [`config`], observed through [`metrics`], stopped by [`shutdown`].
 //! [`demo`] runs the whole daemon on MovieLens-100k against an embedded broker.
 
@@ -14,6 +14,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod recommend;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

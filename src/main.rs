@@ -86,7 +86,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let store = Store::open(&config.store.path, 16 << 20)?;
             match store.user(&id)? {
                 Some(memory) => {
-                    println!("{}", serde_json::to_string_pretty(&memory)?);
+                    // The model state is thousands of floats: show whose it is and its size.
+                    let state = memory.model_state.as_ref().map(|s| {
+                        let floats: usize = s.tensors.iter().map(Vec::len).sum();
+                        serde_json::json!({"owner": s.owner, "tensors": s.tensors.len(), "bytes": floats * 4})
+                    });
+                    let view = serde_json::json!({
+                        "user_id": id,
+                        "recent_items": memory.recent_items,
+                        "clicks": memory.clicks,
+                        "purchases": memory.purchases,
+                        "last_event_ms": memory.last_event_ms,
+                        "model_state": state,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&view)?);
                     Ok(())
                 }
                 None => anyhow::bail!(

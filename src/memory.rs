@@ -41,6 +41,17 @@ pub struct UserMemory {
     pub clicks: u64,
     pub purchases: u64,
     pub last_event_ms: i64,
+    /// The step graph's state after the user's last event (recurrent state, key/value cache).
+    pub model_state: Option<ModelState>,
+}
+
+/// A model's incremental state for one user, and which model wrote it (`name@version`): a state
+/// written by another model is never fed to this one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelState {
+    pub owner: String,
+    /// One flat tensor per state input of the step graph, without the batch axis.
+    pub tensors: Vec<Vec<f32>>,
 }
 
 impl UserMemory {

@@ -13,16 +13,17 @@
 //! crash after it replays nothing. Each event is applied to the state exactly once; each output is
 //! delivered at least once and carries its source offset, so consumers can drop repeats.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::event::{self, DeadLetter, Event, InMessage, ModelRef, Recommendation, RejectReason};
-use crate::memory::{Store, StoreBatch, StoreError, UserMemory};
+use crate::memory::{Store, StoreBatch, StoreError};
 use crate::metrics::{self, Health, Stage};
 use crate::model::{Model, ModelError};
+use crate::recommend;
 use crate::shutdown::Shutdown;
 use crate::sink::{Output, Sink, SinkError};
 use crate::source::{Source, SourceError};
@@ -33,6 +34,8 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Recommend(#[from] recommend::RecommendError),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -65,6 +68,10 @@ impl RunStats {
     fn record_stage(&self, stage: Stage, since: Instant) {
         let elapsed = since.elapsed();
         metrics::record_stage(stage, elapsed);
+        self.add_stage(stage, elapsed);
+    }
+
+    fn add_stage(&self, stage: Stage, elapsed: Duration) {
         self.stage_nanos[stage as usize].fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
@@ -206,14 +213,6 @@ struct Worker<'a> {
 /// (topic, partition, next offset to read) of a partition a batch advanced.
 type NextOffset = (String, i32, i64);
 
-/// A user event's place in the batch: which message, and its recommendation row.
-struct UserRow {
-    message: usize,
-    user_id: String,
-    event_type: event::EventType,
-    event_timestamp_ms: i64,
-}
-
 impl Worker<'_> {
     /// Processes one batch through steps 2–6. Returns the next offsets written, or `None` if shutdown
     /// interrupted the batch before its state was written (it will be replayed).
@@ -242,38 +241,22 @@ impl Worker<'_> {
         }
         self.stats.record_stage(Stage::Decode, t);
 
-        // 3. memory
+        // 3. memory and 4. inference
         let t = Instant::now();
-        let mut memories: HashMap<String, UserMemory> = HashMap::new();
-        let mut rows: Vec<UserRow> = Vec::new();
-        let mut item_seq: Vec<i64> = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            let Some(Event::User(e)) = e else { continue };
-            if !memories.contains_key(&e.user_id) {
-                let stored = self.store.user(&e.user_id)?.unwrap_or_default();
-                memories.insert(e.user_id.clone(), stored);
-            }
-            let memory = memories.get_mut(&e.user_id).expect("inserted above");
-            memory.apply(e, self.config.store.history_len);
-            self.model.encode_window(
-                memory.recent_items.iter().map(String::as_str),
-                &mut item_seq,
-            );
-            rows.push(UserRow {
-                message: i,
-                user_id: e.user_id.clone(),
-                event_type: e.event_type,
-                event_timestamp_ms: e.timestamp_ms,
-            });
-        }
-        self.stats.record_stage(Stage::Memory, t);
-
-        // 4. inference
-        let t = Instant::now();
-        let top = self
-            .model
-            .recommend(item_seq, rows.len(), self.config.model.exclude_seen)?;
-        self.stats.record_stage(Stage::Inference, t);
+        let outcome = recommend::answer(
+            &mut self.model,
+            self.store,
+            &events,
+            self.config.store.history_len,
+            self.config.model.exclude_seen,
+        )?;
+        metrics::record_stage(Stage::Inference, outcome.inference);
+        self.stats.add_stage(Stage::Inference, outcome.inference);
+        let memory_time = t.elapsed().saturating_sub(outcome.inference);
+        metrics::record_stage(Stage::Memory, memory_time);
+        self.stats.add_stage(Stage::Memory, memory_time);
+        let rows = outcome.answers;
+        let memories = outcome.memories;
 
         // 5. produce and wait for acknowledgements
         let t = Instant::now();
@@ -284,11 +267,11 @@ impl Worker<'_> {
         let emitted_at = now_ms();
         let topics = &self.config.topics;
         let mut outputs: Vec<Output> = Vec::with_capacity(rows.len() + dead_letters.len());
-        for (row, items) in rows.iter().zip(top) {
+        for row in &rows {
             let msg = &batch[row.message];
             let rec = Recommendation {
                 user_id: row.user_id.clone(),
-                items,
+                items: row.items.clone(),
                 model: model_ref.clone(),
                 source: msg.source(),
                 event_type: row.event_type,

@@ -312,7 +312,7 @@ listen = "{metrics}"
         alerts = topics.alerts,
         dlq = topics.dead_letter,
         store = dir.join("store").display(),
-        model = repo().join("models/ml100k-sasrec").display(),
+        model = repo().join("models/sasrec-ml100k").display(),
         ort = ort_library().display(),
     );
     let path = dir.join("longmem.toml");

@@ -1,0 +1,213 @@
+//! The model manifest (`model.json`) and the item vocabulary of a model directory.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::ModelError;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<serde_json::Value>,
+}
+
+/// `model.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    /// `full`: the graph re-reads the item window on every call.
+    pub kind: String,
+    #[serde(default = "default_model_file")]
+    pub model_file: String,
+    pub vocabulary_file: String,
+    pub n_items: usize,
+    /// Sequence length the graph was exported with.
+    pub window: usize,
+    /// Items in one recommendation.
+    pub k: usize,
+    /// Items the graph returns per row (≥ k); the surplus lets the daemon drop items the user has
+    /// just seen and still return k. Defaults to k.
+    #[serde(default)]
+    pub candidates: usize,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// The incremental graph, when the model has one.
+    #[serde(default)]
+    pub step: Option<StepManifest>,
+}
+
+/// `model.json`'s `step` section: stored state + one new item → new state + top candidates.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StepManifest {
+    pub model_file: String,
+    /// Name of the int64 [batch] input holding the new item.
+    pub item_input: String,
+    /// `all`: the state summarises the whole history; `window`: the model was checked against `full`
+    /// on the last `window` items only.
+    pub history: String,
+    pub state: Vec<StateSpec>,
+}
+
+/// One state tensor of the step graph: read from `input`, its successor written to `output`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StateSpec {
+    pub name: String,
+    pub input: String,
+    pub output: String,
+    pub dtype: String,
+    /// Dimensions, with the string "batch" at `batch_axis`.
+    pub shape: Vec<serde_json::Value>,
+    pub batch_axis: usize,
+}
+
+impl StateSpec {
+    /// The fixed dimensions, with 1 for the batch axis.
+    pub fn dims(&self) -> Vec<usize> {
+        self.shape
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize).unwrap_or(1))
+            .collect()
+    }
+
+    /// Floats per user.
+    pub fn floats_per_user(&self) -> usize {
+        self.dims().iter().product()
+    }
+
+    /// (product of dims before the batch axis, product after): a user's slice of a batch tensor is
+    /// `outer` blocks of `inner` floats.
+    pub fn outer_inner(&self) -> (usize, usize) {
+        let d = self.dims();
+        (
+            d[..self.batch_axis].iter().product(),
+            d[self.batch_axis + 1..].iter().product(),
+        )
+    }
+}
+
+fn default_model_file() -> String {
+    "model.onnx".into()
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> Result<Manifest, ModelError> {
+        let path = dir.join("model.json");
+        let err = |message: String| ModelError::Manifest {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            err(format!(
+                "cannot be read ({e}); model.path must be a directory with model.json, the ONNX file and the vocabulary"
+            ))
+        })?;
+        let manifest: Manifest =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
+                .map_err(|e| err(format!("field `{}`: {}", e.path(), e.inner())))?;
+        if manifest.kind != "full" {
+            return Err(err(format!(
+                "kind `{}` is not supported by this version; supported: full",
+                manifest.kind
+            )));
+        }
+        let mut manifest = manifest;
+        if manifest.candidates == 0 {
+            manifest.candidates = manifest.k;
+        }
+        if manifest.candidates < manifest.k {
+            return Err(err(format!(
+                "field `candidates` ({}) is smaller than `k` ({}); the graph must return at least k items",
+                manifest.candidates, manifest.k
+            )));
+        }
+        for (field, value) in [
+            ("window", manifest.window),
+            ("k", manifest.k),
+            ("n_items", manifest.n_items),
+        ] {
+            if value == 0 {
+                return Err(err(format!("field `{field}` must be at least 1")));
+            }
+        }
+        let has = |specs: &[TensorSpec], name: &str, dtype: &str| {
+            specs.iter().any(|s| s.name == name && s.dtype == dtype)
+        };
+        if !has(&manifest.inputs, "item_seq", "int64") {
+            return Err(err(
+                "inputs must contain `item_seq` (int64 [batch, window])".into(),
+            ));
+        }
+        if !has(&manifest.outputs, "top_items", "int64")
+            || !has(&manifest.outputs, "top_scores", "float32")
+        {
+            return Err(err(
+                "outputs must contain `top_items` (int64 [batch, k]) and `top_scores` (float32 [batch, k])".into(),
+            ));
+        }
+        if let Some(step) = &manifest.step {
+            for s in &step.state {
+                let batch_ok = s.shape.get(s.batch_axis).and_then(|v| v.as_str()) == Some("batch");
+                let dims_ok = s
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .all(|(i, d)| i == s.batch_axis || d.as_u64().is_some_and(|d| d > 0));
+                if s.dtype != "float32" || !batch_ok || !dims_ok {
+                    return Err(err(format!(
+                        "step state `{}`: expected float32 with \"batch\" at batch_axis {} and positive sizes elsewhere",
+                        s.name, s.batch_axis
+                    )));
+                }
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+/// External item id ↔ model index.
+pub struct Vocabulary {
+    ids: Vec<String>,
+    index: HashMap<String, i64>,
+}
+
+impl Vocabulary {
+    pub fn load(path: &Path, n_items: usize) -> Result<Vocabulary, ModelError> {
+        let err = |message: String| ModelError::Vocabulary {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err(format!("cannot be read: {e}")))?;
+        let mut ids = vec![String::new()];
+        ids.extend(text.lines().map(str::to_string));
+        if ids.len() - 1 != n_items {
+            return Err(err(format!(
+                "has {} items but the manifest says n_items = {n_items}",
+                ids.len() - 1
+            )));
+        }
+        let index = ids
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, id)| (id.clone(), i as i64))
+            .collect();
+        Ok(Vocabulary { ids, index })
+    }
+
+    pub fn index_of(&self, item_id: &str) -> Option<i64> {
+        self.index.get(item_id).copied()
+    }
+
+    pub fn id_of(&self, index: i64) -> Option<&str> {
+        usize::try_from(index)
+            .ok()
+            .filter(|&i| i > 0)
+            .and_then(|i| self.ids.get(i))
+            .map(String::as_str)
+    }
+}

@@ -1,0 +1,591 @@
+//! The model runtime: a model directory's manifest, its vocabulary, and an ONNX Runtime session.
+//!
+//! A model directory holds `model.json` (the manifest: names and shapes of inputs and outputs,
+//! window, K, vocabulary file, version), the ONNX graph and the vocabulary (one external item id per
+//! line; line i is item index i, index 0 is padding). The `full` contract: input `item_seq` int64
+//! [batch, window] left-padded with 0; outputs `top_items` int64 [batch, K] and `top_scores` float32
+//! [batch, K]. Each micro-batch is one `run` call.
+//!
+//! Execution providers: CPU by default. With `execution_provider = "cuda"` (cargo feature `cuda`) a
+//! failed CUDA registration is an error unless `allow_cpu_fallback` is set; [`Model::provider`] says
+//! which provider actually runs, and the metrics export it.
+
+mod manifest;
+mod state;
+
+use std::path::{Path, PathBuf};
+
+pub use manifest::{Manifest, StateSpec, StepManifest, TensorSpec, Vocabulary};
+use ort::session::{RunOptions, Session};
+use ort::value::Tensor;
+
+use crate::config::{ExecutionProvider, ModelConfig, ModelMode};
+use crate::event::ScoredItem;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "ONNX Runtime library not found: {0}. Set model.runtime_library or ORT_DYLIB_PATH to libonnxruntime.so \
+         (scripts/fetch-tools.sh downloads it from the onnxruntime==1.31.1 wheel)"
+    )]
+    RuntimeMissing(String),
+    #[error("cannot load the ONNX Runtime library {path}: {message}")]
+    RuntimeLoad { path: String, message: String },
+    #[error("model manifest {path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("vocabulary {path}: {message}")]
+    Vocabulary { path: PathBuf, message: String },
+    #[error("cannot load ONNX model {path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error(
+        "the CUDA execution provider could not be registered: {0}. Check the GPU, the CUDA/cuDNN libraries on \
+         LD_LIBRARY_PATH and that ORT_DYLIB_PATH points at the onnxruntime-gpu build; or set \
+         model.allow_cpu_fallback = true to run on CPU"
+    )]
+    Cuda(String),
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// Loads the ONNX Runtime shared library and creates the process's one environment; later calls
+/// reuse it (ONNX Runtime allows one environment per process).
+pub fn init_runtime(library: Option<&Path>) -> Result<ort::environment::Environment, ModelError> {
+    static INIT: std::sync::OnceLock<Result<ort::environment::Environment, String>> =
+        std::sync::OnceLock::new();
+    let path = match library {
+        Some(p) => p.to_path_buf(),
+        None => match std::env::var_os("ORT_DYLIB_PATH") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                return Err(ModelError::RuntimeMissing(
+                    "ORT_DYLIB_PATH is not set".into(),
+                ))
+            }
+        },
+    };
+    if !path.exists() {
+        return Err(ModelError::RuntimeMissing(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    INIT.get_or_init(|| {
+        let builder = ort::init_from(&path).map_err(|e| e.to_string())?;
+        builder
+            .with_name("longmem")
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(|message| ModelError::RuntimeLoad {
+        path: path.display().to_string(),
+        message,
+    })
+}
+
+pub struct Model {
+    pub manifest: Manifest,
+    pub vocabulary: Vocabulary,
+    full: Graph,
+    step: Option<Graph>,
+    provider: ExecutionProvider,
+}
+
+/// One ONNX graph with the outputs the daemon fetches.
+struct Graph {
+    session: Session,
+    run_options: RunOptions<ort::session::HasSelectedOutputs>,
+}
+
+/// Top-K items for one row of a batch.
+pub type TopK = Vec<ScoredItem>;
+
+/// One user's step-graph state: one flat tensor per state input, without the batch axis.
+pub type UserState = Vec<Vec<f32>>;
+
+fn run_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Run(e.to_string())
+}
+
+impl Model {
+    pub fn load(config: &ModelConfig) -> Result<Model, ModelError> {
+        let env = init_runtime(config.runtime_library.as_deref())?;
+        let manifest = Manifest::load(&config.path)?;
+        let vocabulary = Vocabulary::load(
+            &config.path.join(&manifest.vocabulary_file),
+            manifest.n_items,
+        )?;
+        let (full, provider) =
+            open_graph(&env, config, &config.path.join(&manifest.model_file), &[])?;
+        let use_step =
+            match config.mode {
+                ModelMode::Full => false,
+                ModelMode::Auto => manifest.step.is_some(),
+                ModelMode::Step if manifest.step.is_some() => true,
+                ModelMode::Step => return Err(ModelError::Manifest {
+                    path: config.path.join("model.json"),
+                    message:
+                        "has no `step` graph, but model.mode = \"step\"; use \"full\" or \"auto\""
+                            .into(),
+                }),
+            };
+        let step = match (&manifest.step, use_step) {
+            (Some(spec), true) => {
+                let outputs: Vec<&str> = spec.state.iter().map(|s| s.output.as_str()).collect();
+                Some(open_graph(&env, config, &config.path.join(&spec.model_file), &outputs)?.0)
+            }
+            _ => None,
+        };
+        Ok(Model {
+            manifest,
+            vocabulary,
+            full,
+            step,
+            provider,
+        })
+    }
+
+    pub fn provider(&self) -> ExecutionProvider {
+        self.provider
+    }
+
+    /// The step graph's state description when the daemon runs it (`model.mode`).
+    pub fn step_state(&self) -> Option<&[StateSpec]> {
+        self.step
+            .as_ref()
+            .and(self.manifest.step.as_ref())
+            .map(|s| s.state.as_slice())
+    }
+
+    /// Identifies the graph that wrote a stored state: state of another model or version is rebuilt.
+    pub fn state_owner(&self) -> String {
+        format!("{}@{}", self.manifest.name, self.manifest.version)
+    }
+
+    /// The state of a user the model has seen nothing of.
+    pub fn empty_state(&self) -> Vec<Vec<f32>> {
+        self.step_state()
+            .map(|specs| {
+                specs
+                    .iter()
+                    .map(|s| vec![0.0; s.floats_per_user()])
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Left-pads (or cuts to the most recent) item indices to the model's window; unknown items are skipped.
+    pub fn encode_window<'a>(
+        &self,
+        recent_items: impl DoubleEndedIterator<Item = &'a str>,
+        out: &mut Vec<i64>,
+    ) {
+        let window = self.manifest.window;
+        let mut row: Vec<i64> = recent_items
+            .rev()
+            .filter_map(|id| self.vocabulary.index_of(id))
+            .take(window)
+            .collect();
+        row.resize(window, 0);
+        row.reverse();
+        out.extend_from_slice(&row);
+    }
+
+    /// The `full` graph for a whole micro-batch: `item_seq` holds `rows × window` indices. With
+    /// `exclude_seen`, items in a row's own window are dropped from its recommendations.
+    pub fn recommend(
+        &mut self,
+        item_seq: Vec<i64>,
+        rows: usize,
+        exclude_seen: bool,
+    ) -> Result<Vec<TopK>, ModelError> {
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let window = self.manifest.window;
+        debug_assert_eq!(item_seq.len(), rows * window);
+        let input = Tensor::from_array(([rows, window], item_seq.clone())).map_err(run_err)?;
+        let outputs = self
+            .full
+            .session
+            .run_with_options(ort::inputs!["item_seq" => input], &self.full.run_options)
+            .map_err(run_err)?;
+        let seen: Vec<&[i64]> = item_seq.chunks(window).collect();
+        top_k(
+            &self.manifest,
+            &self.vocabulary,
+            &outputs,
+            rows,
+            &seen,
+            exclude_seen,
+        )
+    }
+
+    /// The `step` graph for one round of a micro-batch: row r feeds `items[r]` to the state
+    /// `states[r]`. Returns each row's top-K and new state.
+    pub fn step(
+        &mut self,
+        items: Vec<i64>,
+        states: &[&[Vec<f32>]],
+        seen: &[&[i64]],
+        exclude_seen: bool,
+    ) -> Result<(Vec<TopK>, Vec<UserState>), ModelError> {
+        let rows = items.len();
+        let (Some(graph), Some(spec)) = (self.step.as_mut(), self.manifest.step.as_ref()) else {
+            return Err(ModelError::Run("the step graph is not loaded".into()));
+        };
+        if rows == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut inputs: Vec<(String, ort::value::DynValue)> =
+            Vec::with_capacity(1 + spec.state.len());
+        inputs.push((
+            spec.item_input.clone(),
+            Tensor::from_array(([rows], items))
+                .map_err(run_err)?
+                .into_dyn(),
+        ));
+        for (n, s) in spec.state.iter().enumerate() {
+            let slices: Vec<&[f32]> = states.iter().map(|st| st[n].as_slice()).collect();
+            let mut shape = s.dims();
+            shape[s.batch_axis] = rows;
+            let tensor = Tensor::from_array((shape, state::gather(s, &slices))).map_err(run_err)?;
+            inputs.push((s.input.clone(), tensor.into_dyn()));
+        }
+        let outputs = graph
+            .session
+            .run_with_options(inputs, &graph.run_options)
+            .map_err(run_err)?;
+        let mut new_states: Vec<UserState> = vec![Vec::with_capacity(spec.state.len()); rows];
+        for s in &spec.state {
+            let (_, batch) = outputs[s.output.as_str()]
+                .try_extract_tensor::<f32>()
+                .map_err(run_err)?;
+            if batch.len() != rows * s.floats_per_user() {
+                return Err(run_err(format!(
+                    "state output `{}` has {} floats, expected {rows} × {}",
+                    s.output,
+                    batch.len(),
+                    s.floats_per_user()
+                )));
+            }
+            for (row, slice) in new_states.iter_mut().zip(state::scatter(s, batch, rows)) {
+                row.push(slice);
+            }
+        }
+        let top = top_k(
+            &self.manifest,
+            &self.vocabulary,
+            &outputs,
+            rows,
+            seen,
+            exclude_seen,
+        )?;
+        Ok((top, new_states))
+    }
+}
+
+/// Reads `top_items`/`top_scores` [rows, candidates] and keeps the best `k` per row, leaving out the
+/// row's `seen` items when asked.
+fn top_k(
+    manifest: &Manifest,
+    vocabulary: &Vocabulary,
+    outputs: &ort::session::SessionOutputs<'_>,
+    rows: usize,
+    seen: &[&[i64]],
+    exclude_seen: bool,
+) -> Result<Vec<TopK>, ModelError> {
+    let (_, items) = outputs["top_items"]
+        .try_extract_tensor::<i64>()
+        .map_err(run_err)?;
+    let (_, scores) = outputs["top_scores"]
+        .try_extract_tensor::<f32>()
+        .map_err(run_err)?;
+    let (k, candidates) = (manifest.k, manifest.candidates);
+    if items.len() != rows * candidates || scores.len() != items.len() {
+        return Err(run_err(format!(
+            "expected {rows}×{candidates} outputs, got {} items and {} scores; the manifest's `candidates` does not match the graph",
+            items.len(),
+            scores.len()
+        )));
+    }
+    Ok(items
+        .chunks(candidates)
+        .zip(scores.chunks(candidates))
+        .zip(seen)
+        .map(|((items, scores), seen)| {
+            items
+                .iter()
+                .zip(scores)
+                .filter(|(i, _)| !(exclude_seen && seen.contains(i)))
+                .filter_map(|(&i, &s)| {
+                    vocabulary.id_of(i).map(|id| ScoredItem {
+                        item_id: id.to_string(),
+                        score: s,
+                    })
+                })
+                .take(k)
+                .collect()
+        })
+        .collect())
+}
+
+/// Opens one graph on the configured execution provider; it must have `top_items`, `top_scores`
+/// and every name in `extra_outputs`.
+fn open_graph(
+    env: &ort::environment::Environment,
+    config: &ModelConfig,
+    path: &Path,
+    extra_outputs: &[&str],
+) -> Result<(Graph, ExecutionProvider), ModelError> {
+    let load_err = |e: &dyn std::fmt::Display| ModelError::Load {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut builder = Session::builder(env)
+        .map_err(|e| load_err(&e))?
+        .with_intra_threads(config.intra_threads)
+        .map_err(|e| load_err(&e))?;
+    let provider = match config.execution_provider {
+        ExecutionProvider::Cpu => ExecutionProvider::Cpu,
+        ExecutionProvider::Cuda => register_cuda(&mut builder, config.allow_cpu_fallback)?,
+    };
+    let session = builder.commit_from_file(path).map_err(|e| load_err(&e))?;
+    let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    let mut selector = ort::session::OutputSelector::no_default();
+    for wanted in ["top_items", "top_scores"].iter().chain(extra_outputs) {
+        if !names.contains(wanted) {
+            return Err(load_err(&format!(
+                "the graph has no output `{wanted}` (it has {names:?})"
+            )));
+        }
+        selector = selector.with(*wanted);
+    }
+    let run_options = RunOptions::new()
+        .map_err(|e| load_err(&e))?
+        .with_outputs(selector);
+    Ok((
+        Graph {
+            session,
+            run_options,
+        },
+        provider,
+    ))
+}
+
+#[cfg(feature = "cuda")]
+fn register_cuda(
+    builder: &mut ort::session::builder::SessionBuilder,
+    allow_cpu_fallback: bool,
+) -> Result<ExecutionProvider, ModelError> {
+    let cuda = ort::ep::CUDA::default().build().error_on_failure();
+    match cuda.register(builder) {
+        Ok(()) => Ok(ExecutionProvider::Cuda),
+        Err(e) if allow_cpu_fallback => {
+            tracing::warn!(error = %e, "CUDA execution provider unavailable; falling back to CPU as allowed by model.allow_cpu_fallback");
+            Ok(ExecutionProvider::Cpu)
+        }
+        Err(e) => Err(ModelError::Cuda(e.to_string())),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn register_cuda(
+    _builder: &mut ort::session::builder::SessionBuilder,
+    allow_cpu_fallback: bool,
+) -> Result<ExecutionProvider, ModelError> {
+    if allow_cpu_fallback {
+        tracing::warn!(
+            "this build has no CUDA support (cargo feature `cuda`); running on CPU as allowed"
+        );
+        Ok(ExecutionProvider::Cpu)
+    } else {
+        Err(ModelError::Cuda(
+            "this binary was built without the `cuda` cargo feature".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn vocabulary_maps_both_ways_and_checks_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.txt");
+        std::fs::write(&path, "a\nb\nc\n").unwrap();
+        let v = Vocabulary::load(&path, 3).unwrap();
+        assert_eq!(v.index_of("b"), Some(2));
+        assert_eq!(v.id_of(3), Some("c"));
+        assert_eq!(v.id_of(0), None);
+        assert_eq!(v.id_of(4), None);
+        assert!(Vocabulary::load(&path, 4).is_err());
+    }
+
+    #[test]
+    fn manifest_errors_name_the_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Manifest::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("model.json") && err.contains("cannot be read"),
+            "{err}"
+        );
+        std::fs::write(
+            dir.path().join("model.json"),
+            r#"{"name":"x","version":"1"}"#,
+        )
+        .unwrap();
+        let err = Manifest::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("kind") || err.contains("missing field"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shipped_manifest_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sasrec-ml100k");
+        let m = Manifest::load(&dir).unwrap();
+        let v = Vocabulary::load(&dir.join(&m.vocabulary_file), m.n_items).unwrap();
+        assert!(v.index_of("50").is_some());
+        assert_eq!(m.kind, "full");
+    }
+
+    fn shipped_model_config(provider: ExecutionProvider, allow_cpu_fallback: bool) -> ModelConfig {
+        ModelConfig {
+            path: Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sasrec-ml100k"),
+            execution_provider: provider,
+            allow_cpu_fallback,
+            exclude_seen: true,
+            mode: ModelMode::Auto,
+            intra_threads: 1,
+            runtime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn shipped_model_recommends_k_unseen_items() {
+        let mut model = Model::load(&shipped_model_config(ExecutionProvider::Cpu, false)).unwrap();
+        assert_eq!(model.provider(), ExecutionProvider::Cpu);
+        let (k, window) = (model.manifest.k, model.manifest.window);
+        let histories: [&[&str]; 3] = [&["50", "181", "258"], &[], &["not-in-vocabulary", "1"]];
+        let mut item_seq = Vec::new();
+        for h in histories {
+            model.encode_window(h.iter().copied(), &mut item_seq);
+        }
+        assert_eq!(item_seq.len(), 3 * window);
+        assert_eq!(
+            &item_seq[window - 3..window],
+            &[
+                model.vocabulary.index_of("50").unwrap(),
+                model.vocabulary.index_of("181").unwrap(),
+                model.vocabulary.index_of("258").unwrap()
+            ]
+        );
+        let top = model.recommend(item_seq, 3, true).unwrap();
+        assert_eq!(top.len(), 3);
+        for (row, h) in top.iter().zip(histories) {
+            assert_eq!(row.len(), k);
+            assert!(
+                row.windows(2).all(|w| w[0].score >= w[1].score),
+                "best first"
+            );
+            assert!(
+                row.iter().all(|i| !h.contains(&i.item_id.as_str())),
+                "seen items are left out"
+            );
+        }
+    }
+
+    /// `step` fed event by event gives the same recommendations as `full` on the same prefix (the
+    /// shipped SASRec's state covers its whole receptive field, so this holds for any history).
+    #[test]
+    fn step_matches_full_on_real_histories() {
+        let mut config = shipped_model_config(ExecutionProvider::Cpu, false);
+        config.path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sasrec-ml100k");
+        let mut model = Model::load(&config).unwrap();
+        assert!(
+            model.step_state().is_some(),
+            "the shipped SASRec has a step graph"
+        );
+        let events = crate::demo::movielens_events(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/seqrec/recbole_ml100k"),
+        )
+        .unwrap();
+        let mut histories: HashMap<String, Vec<String>> = HashMap::new();
+        for e in events.iter().take(20_000) {
+            histories
+                .entry(e.user_id.clone())
+                .or_default()
+                .push(e.item_id.clone());
+        }
+        let mut users: Vec<&String> = histories.keys().collect();
+        users.sort();
+        let window = model.manifest.window;
+        let (mut compared, mut max_diff) = (0, 0f32);
+        for user in users.into_iter().take(40) {
+            let items: Vec<i64> = histories[user]
+                .iter()
+                .filter_map(|i| model.vocabulary.index_of(i))
+                .collect();
+            let mut state = model.empty_state();
+            let mut seen: Vec<i64> = Vec::new();
+            for (t, &item) in items.iter().enumerate() {
+                seen.push(item);
+                let recent = &seen[seen.len().saturating_sub(window)..];
+                let (top, mut next) = model
+                    .step(vec![item], &[state.as_slice()], &[recent], true)
+                    .unwrap();
+                state = next.remove(0);
+                // Compare at a few points, including histories longer than the window.
+                if t % 17 == 16 || t + 1 == items.len() {
+                    let mut row = Vec::new();
+                    let ids: Vec<&str> = recent
+                        .iter()
+                        .map(|&i| model.vocabulary.id_of(i).unwrap())
+                        .collect();
+                    model.encode_window(ids.into_iter(), &mut row);
+                    let full = model.recommend(row, 1, true).unwrap();
+                    let step_ids: Vec<&str> = top[0].iter().map(|i| i.item_id.as_str()).collect();
+                    let full_ids: Vec<&str> = full[0].iter().map(|i| i.item_id.as_str()).collect();
+                    assert_eq!(step_ids, full_ids, "user {user} after {} events", t + 1);
+                    for (a, b) in top[0].iter().zip(&full[0]) {
+                        max_diff = max_diff.max((a.score - b.score).abs());
+                    }
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared >= 40, "compared {compared} points");
+        assert!(max_diff < 1e-4, "largest score difference {max_diff}");
+    }
+
+    /// On a machine without a GPU the CUDA provider cannot register: refuse, or run on CPU if allowed.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_that_cannot_register_refuses_to_start_unless_fallback_is_allowed() {
+        if std::env::var_os("LONGMEM_EXPECT_CUDA").is_some() {
+            return; // on a GPU machine the provider does register; see GPU.md
+        }
+        let err = Model::load(&shipped_model_config(ExecutionProvider::Cuda, false))
+            .err()
+            .expect("refused");
+        assert!(matches!(err, ModelError::Cuda(_)), "{err}");
+        assert!(err.to_string().contains("allow_cpu_fallback"), "{err}");
+        let model = Model::load(&shipped_model_config(ExecutionProvider::Cuda, true)).unwrap();
+        assert_eq!(model.provider(), ExecutionProvider::Cpu);
+    }
+
+    #[test]
+    fn missing_runtime_library_is_a_clear_error() {
+        let err = init_runtime(Some(Path::new("/nonexistent/libonnxruntime.so")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ORT_DYLIB_PATH") && err.contains("does not exist"),
+            "{err}"
+        );
+    }
+}
