@@ -6,6 +6,8 @@ one new item -> new state + scores), sharing weights.
   embeddings, and each layer attends to the last `span` positions only (sliding-window attention).
   The cache then holds, per layer, the keys and values of the last `span - 1` items, and `full` over
   the last `layers * (span - 1) + 1` items equals `step` over the whole history, exactly.
+- `MemoryRec`: a short attention window plus per-user memory slots updated by every event (see
+  its docstring); the state is the window's key/value cache and the slots.
 - `GRU4Rec`: a GRU over the item sequence; the state is the hidden vector. `full` runs the same
   cell over the window (left padding leaves the state untouched), so `step` over the same items
   gives the same state.
@@ -58,7 +60,7 @@ class Block(nn.Module):
 class SASRec(nn.Module):
     kind = "sasrec"
 
-    def __init__(self, n_items, window=50, dim=64, layers=2, heads=2, span=25, dropout=0.2):
+    def __init__(self, n_items, window=50, dim=64, layers=2, heads=2, span=25, dropout=0.2, **_):
         super().__init__()
         assert window >= layers * (span - 1) + 1, "the window must cover every layer's span"
         self.n_items, self.window, self.dim, self.layers, self.heads, self.span = n_items, window, dim, layers, heads, span
@@ -143,7 +145,86 @@ class GRU4Rec(nn.Module):
         return self.norm(h), (h,)
 
 
-RECOMMENDERS = {"sasrec": SASRec, "gru4rec": GRU4Rec}
+class MemoryRec(nn.Module):
+    """The long-term-memory recommender: a short recent window read by sliding-window attention
+    (exact key/value cache of `span - 1` items), plus `slots` per-user key-value memory slots that
+    every event updates with a gated erase-and-add write (in the spirit of MIMN/NTM memories). The
+    hidden state reads the slots by attention, so the whole history informs scoring while the state
+    stays a few kilobytes."""
+    kind = "memory"
+
+    def __init__(self, n_items, window=50, dim=64, heads=2, span=8, slots=4, dropout=0.2, **_):
+        super().__init__()
+        self.n_items, self.window, self.dim, self.heads, self.span, self.slots = n_items, window, dim, heads, span, slots
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.block = Block(dim, heads, dropout)
+        self.write_key = nn.Linear(dim, dim)
+        self.erase = nn.Linear(dim, dim)
+        self.add = nn.Linear(dim, dim)
+        self.read_query = nn.Linear(dim, dim)
+        self.read_out = nn.Linear(dim, dim)
+        self.slot_init = nn.Parameter(torch.randn(slots, dim) * 0.1)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        self.register_buffer("slopes", alibi_slopes(heads).view(1, heads, 1, 1), persistent=False)
+
+    def embed(self, items):
+        return self.item_emb(items) * math.sqrt(self.dim)
+
+    def write(self, memory, e, real):
+        """memory [B, M, D] (offset from slot_init), e [B, D] the new item; real [B, 1] 0 for padding."""
+        slots = memory + self.slot_init
+        w = torch.softmax((slots @ self.write_key(e).unsqueeze(-1)).squeeze(-1) / math.sqrt(self.dim), dim=-1)  # [B, M]
+        erase = torch.sigmoid(self.erase(e)).unsqueeze(1)                                                  # [B, 1, D]
+        add = torch.tanh(self.add(e)).unsqueeze(1)
+        w = (w * real).unsqueeze(-1)                                                                       # [B, M, 1]
+        return memory * (1 - w * erase) + w * (add - self.slot_init * erase)
+
+    def read(self, memory, h):
+        slots = memory + self.slot_init
+        att = torch.softmax((slots @ self.read_query(h).unsqueeze(-1)).squeeze(-1) / math.sqrt(self.dim), dim=-1)
+        return self.read_out((att.unsqueeze(-1) * slots).sum(1))
+
+    def encode(self, seq):
+        b, t = seq.shape
+        i = torch.arange(t, device=seq.device)
+        dist = (i.view(-1, 1) - i.view(1, -1)).float()
+        allowed = (dist >= 0) & (dist < self.span)
+        key_real = (seq > 0).view(b, 1, 1, t)
+        allowed = allowed.view(1, 1, t, t) & (key_real | (dist == 0).view(1, 1, t, t))
+        bias = torch.where(allowed, -self.slopes * dist, torch.tensor(float("-inf"), device=seq.device))
+        e = self.embed(seq)
+        h = self.block(self.drop(e), bias)                                                                  # [B, T, D]
+        memory = torch.zeros(b, self.slots, self.dim, device=seq.device)
+        out = []
+        for k in range(t):
+            memory = self.write(memory, e[:, k], (seq[:, k:k + 1] > 0).float())
+            out.append(h[:, k] + self.read(memory, h[:, k]))
+        return self.norm(self.drop(torch.stack(out, dim=1)))
+
+    def scores(self, hidden):
+        return hidden @ self.item_emb.weight.T
+
+    def state_shapes(self, batch):
+        s = (batch, self.heads, self.span - 1, self.dim // self.heads)
+        return {"k_cache": s, "v_cache": s, "cache_mask": (batch, self.span - 1), "memory": (batch, self.slots, self.dim)}
+
+    def step(self, item, k_cache, v_cache, cache_mask, memory):
+        dist = torch.arange(self.span - 1, -1, -1, device=item.device).float()
+        filled = torch.ones_like(cache_mask[:, :1])
+        mask = torch.cat([cache_mask, filled], dim=1).unsqueeze(1).unsqueeze(1)
+        bias = torch.where(mask > 0, -self.slopes * dist.view(1, 1, 1, -1), torch.full_like(mask, float("-inf")))
+        e = self.embed(item)
+        x, k, v = self.block.step(e.unsqueeze(1), k_cache, v_cache, bias)
+        h = x[:, 0]
+        memory = self.write(memory, e, filled)
+        hidden = self.norm(h + self.read(memory, h))
+        new_k = torch.cat([k_cache[:, :, 1:], k], dim=2)
+        new_v = torch.cat([v_cache[:, :, 1:], v], dim=2)
+        return hidden, (new_k, new_v, torch.cat([cache_mask[:, 1:], filled], dim=1), memory)
+
+
+RECOMMENDERS = {"sasrec": SASRec, "gru4rec": GRU4Rec, "memory": MemoryRec}
 
 
 class FullGraph(nn.Module):
