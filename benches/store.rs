@@ -2,17 +2,28 @@
 //! with a full 50-item window of MovieLens-100k item ids drawn with MovieLens's own popularity, written
 //! in micro-batches of 256 users through the daemon's own commit path (atomic batch + flush).
 //!
-//!     cargo bench --bench store -- [users]
+//! `--state-floats N` adds a step model's state of N float32 per user (SASRec-ml100k: 6,168;
+//! the memory model: 1,159; GRU4Rec d=64: 64).
+//!
+//!     cargo bench --bench store -- [users] [--state-floats N]
 
 use std::time::Instant;
 
 use longmem::event::{EventType, UserEvent};
-use longmem::memory::{Store, StoreBatch, UserMemory};
+use longmem::memory::{ModelState, Store, StoreBatch, UserMemory};
 
 fn main() {
-    let users: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let state_floats: usize = args
+        .iter()
+        .position(|a| a == "--state-floats")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(0);
+    let users: usize = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || args[i - 1] != "--state-floats")
+        .find_map(|(_, a)| a.parse().ok())
         .unwrap_or(100_000);
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/seqrec/recbole_ml100k");
@@ -51,6 +62,14 @@ fn main() {
             };
             memory.apply(&event, 50);
         }
+        if state_floats > 0 {
+            memory.model_state = Some(ModelState {
+                owner: "bench@1".into(),
+                tensors: vec![(0..state_floats)
+                    .map(|_| (next() % 1000) as f32 / 1000.0)
+                    .collect()],
+            });
+        }
         batch.put_user(format!("user-{u}"), memory);
         batch.advance("events", (u % 8) as i32, u as i64 + 1);
         if (u + 1) % 256 == 0 {
@@ -66,7 +85,7 @@ fn main() {
     // Reopen so the size reflects what a restarted daemon finds on disk.
     let store = Store::open(dir.path(), 64 << 20).unwrap();
     let bytes = store.size_on_disk();
-    println!("users                      {users}");
+    println!("users                      {users} (model state: {state_floats} floats each)");
     println!(
         "encoded state per user     {encoded} bytes (50-item window, counts, last event time)"
     );
