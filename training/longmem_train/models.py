@@ -19,6 +19,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def item_embedding(n_items, dim):
+    """Item embeddings, shared by input and output. A small init matters: with nn.Embedding's N(0, 1)
+    and the input scaled by sqrt(dim), initial logits are in the tens, the softmax saturates and
+    training crawls (measured on ML-100k: validation HR@10 0.015 vs 0.13 after 8 epochs)."""
+    emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+    nn.init.normal_(emb.weight, std=0.02)
+    with torch.no_grad():
+        emb.weight[0].zero_()
+    return emb
+
+
 def alibi_slopes(heads):
     return torch.tensor([2 ** (-8 * (h + 1) / heads) for h in range(heads)])
 
@@ -64,7 +75,7 @@ class SASRec(nn.Module):
         super().__init__()
         assert window >= layers * (span - 1) + 1, "the window must cover every layer's span"
         self.n_items, self.window, self.dim, self.layers, self.heads, self.span = n_items, window, dim, layers, heads, span
-        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.item_emb = item_embedding(n_items, dim)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
@@ -118,7 +129,7 @@ class GRU4Rec(nn.Module):
     def __init__(self, n_items, window=50, dim=64, dropout=0.2, **_):
         super().__init__()
         self.n_items, self.window, self.dim = n_items, window, dim
-        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.item_emb = item_embedding(n_items, dim)
         self.cell = nn.GRUCell(dim, dim)
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
@@ -156,7 +167,7 @@ class MemoryRec(nn.Module):
     def __init__(self, n_items, window=50, dim=64, heads=2, span=8, slots=4, dropout=0.2, **_):
         super().__init__()
         self.n_items, self.window, self.dim, self.heads, self.span, self.slots = n_items, window, dim, heads, span, slots
-        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.item_emb = item_embedding(n_items, dim)
         self.block = Block(dim, heads, dropout)
         self.write_key = nn.Linear(dim, dim)
         self.erase = nn.Linear(dim, dim)
