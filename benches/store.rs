@@ -46,20 +46,18 @@ fn main() {
     for u in 0..users {
         let mut memory = UserMemory::default();
         for i in 0..50 {
-            let event = UserEvent {
-                event_type: if i % 4 == 0 {
-                    EventType::Purchase
-                } else {
-                    EventType::Click
-                },
-                user_id: format!("user-{u}"),
-                item_id: items[(next() % items.len() as u64) as usize].clone(),
-                timestamp_ms: 1_700_000_000_000 + i,
-                quantity: None,
-                price: None,
-                location: None,
-                session_id: None,
+            let event_type = if i % 4 == 0 {
+                EventType::Purchase
+            } else {
+                EventType::Click
             };
+            let item = &items[(next() % items.len() as u64) as usize];
+            let event = UserEvent::new(
+                event_type,
+                &format!("user-{u}"),
+                item,
+                1_700_000_000_000 + i,
+            );
             memory.apply(&event, 50);
         }
         if state_floats > 0 {

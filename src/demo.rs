@@ -288,12 +288,23 @@ fn drive(
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "200000")
         .create()?;
-    let bad = if events.is_empty() {
-        Vec::new()
-    } else {
-        bad_messages(args.bad, &events[events.len() / 2])
+    // The stream: every event keyed by its user, with the broken messages spread evenly through it.
+    let bad = match events.get(events.len() / 2) {
+        Some(sample) => bad_messages(args.bad, sample),
+        None => Vec::new(),
     };
-    let total = (events.len() + bad.len()) as u64;
+    let bad_every = events.len() / bad.len().max(1) + 1;
+    let mut bad_iter = bad.into_iter();
+    let mut stream: Vec<(Option<String>, Vec<u8>)> = Vec::with_capacity(events.len() + args.bad);
+    for (i, e) in events.iter().enumerate() {
+        stream.push((Some(e.user_id.clone()), e.to_json().into_bytes()));
+        if i % bad_every == bad_every - 1 {
+            stream.extend(bad_iter.next());
+        }
+    }
+    stream.extend(bad_iter);
+
+    let total = stream.len() as u64;
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
             .expect("valid template")
@@ -301,48 +312,24 @@ fn drive(
     );
     bar.set_message("streaming");
     let started = Instant::now();
-    let mut deliveries = Vec::with_capacity(total as usize);
-    let bad_every = if bad.is_empty() {
-        usize::MAX
-    } else {
-        events.len() / bad.len() + 1
-    };
-    let mut bad_iter = bad.iter();
-    for (i, e) in events.iter().enumerate() {
+    let topic = &config.topics.input[0];
+    let mut deliveries = Vec::with_capacity(stream.len());
+    for (i, (key, payload)) in stream.iter().enumerate() {
         if args.rate > 0 {
             let due = Duration::from_secs_f64(i as f64 / args.rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
-        let payload = e.to_json();
         deliveries.push(send(
             &producer,
-            &input_topic(config),
-            Some(e.user_id.as_bytes()),
-            payload.as_bytes(),
-        )?);
-        if i % bad_every == bad_every - 1 {
-            if let Some((key, payload)) = bad_iter.next() {
-                deliveries.push(send(
-                    &producer,
-                    &input_topic(config),
-                    key.as_deref().map(str::as_bytes),
-                    payload,
-                )?);
-            }
-        }
-        if i % 500 == 0 {
-            bar.set_position(deliveries.len() as u64);
-        }
-    }
-    for (key, payload) in bad_iter {
-        deliveries.push(send(
-            &producer,
-            &input_topic(config),
+            topic,
             key.as_deref().map(str::as_bytes),
             payload,
         )?);
+        if i % 500 == 0 {
+            bar.set_position(i as u64);
+        }
     }
     let _ = producer.flush(Duration::from_secs(30));
     for d in futures::executor::block_on(futures::future::join_all(deliveries)) {
@@ -371,10 +358,6 @@ fn drive(
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     Ok((total, elapsed))
-}
-
-fn input_topic(config: &Config) -> String {
-    config.topics.input[0].clone()
 }
 
 fn send(

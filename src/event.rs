@@ -90,6 +90,27 @@ pub struct UserEvent {
     pub session_id: Option<String>,
 }
 
+impl UserEvent {
+    /// An event with only the required fields.
+    pub fn new(
+        event_type: EventType,
+        user_id: &str,
+        item_id: &str,
+        timestamp_ms: i64,
+    ) -> UserEvent {
+        UserEvent {
+            event_type,
+            user_id: user_id.to_string(),
+            item_id: item_id.to_string(),
+            timestamp_ms,
+            quantity: None,
+            price: None,
+            location: None,
+            session_id: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {

@@ -220,16 +220,7 @@ mod tests {
     use super::*;
 
     fn click(item: &str, ts: i64) -> UserEvent {
-        UserEvent {
-            event_type: EventType::Click,
-            user_id: "u".into(),
-            item_id: item.into(),
-            timestamp_ms: ts,
-            quantity: None,
-            price: None,
-            location: None,
-            session_id: None,
-        }
+        UserEvent::new(EventType::Click, "u", item, ts)
     }
 
     #[test]

@@ -229,16 +229,12 @@ mod tests {
     }
 
     fn click(user: &str, item: &str, ts: i64) -> Option<Event> {
-        Some(Event::User(UserEvent {
-            event_type: EventType::Click,
-            user_id: user.into(),
-            item_id: item.into(),
-            timestamp_ms: ts,
-            quantity: None,
-            price: None,
-            location: None,
-            session_id: None,
-        }))
+        Some(Event::User(UserEvent::new(
+            EventType::Click,
+            user,
+            item,
+            ts,
+        )))
     }
 
     /// A memory without state (or with another model's) is replayed; its answer equals `full` on

@@ -133,17 +133,9 @@ fn inspect_prints_a_users_memory() {
             .into_iter()
             .enumerate()
         {
+            let item = format!("sku-{i}");
             memory.apply(
-                &UserEvent {
-                    event_type: t,
-                    user_id: "alice".into(),
-                    item_id: format!("sku-{i}"),
-                    timestamp_ms: 1_700_000_000_000 + i as i64,
-                    quantity: None,
-                    price: None,
-                    location: None,
-                    session_id: None,
-                },
+                &UserEvent::new(t, "alice", &item, 1_700_000_000_000 + i as i64),
                 50,
             );
         }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
@@ -17,12 +17,7 @@ fn sigkill_mid_stream_loses_nothing_and_applies_each_event_once() {
     let (config, _) = write_config(dir.path(), &broker, &topics, "crash-group", 32);
 
     let messages = movielens_messages(12_000);
-    let mut sent_per_user: HashMap<String, u64> = HashMap::new();
-    for (key, _) in &messages {
-        *sent_per_user
-            .entry(String::from_utf8(key.clone().unwrap()).unwrap())
-            .or_default() += 1;
-    }
+    let sent_per_user = events_per_user(&messages);
 
     // The first third is waiting when the daemon starts; the rest arrives while it runs and crashes.
     let (first, rest) = messages.split_at(4_000);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
@@ -20,12 +20,7 @@ fn a_joining_instance_takes_over_partitions_without_gaps_or_double_counts() {
     let (config_b, metrics_b) = write_config(dir_b.path(), &broker, &topics, "rebalance-group", 32);
 
     let messages = movielens_messages(9_000);
-    let mut sent_per_user: HashMap<String, u64> = HashMap::new();
-    for (key, _) in &messages {
-        *sent_per_user
-            .entry(String::from_utf8(key.clone().unwrap()).unwrap())
-            .or_default() += 1;
-    }
+    let sent_per_user = events_per_user(&messages);
     let (first, rest) = messages.split_at(3_000);
     let (second, third) = rest.split_at(3_000);
 

@@ -416,3 +416,16 @@ pub fn movielens_messages(n: usize) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
         })
         .collect()
 }
+
+/// How many of `messages` each user (the message key) sent.
+pub fn events_per_user(
+    messages: &[(Option<Vec<u8>>, Vec<u8>)],
+) -> std::collections::HashMap<String, u64> {
+    let mut sent = std::collections::HashMap::new();
+    for (key, _) in messages {
+        *sent
+            .entry(String::from_utf8(key.clone().unwrap()).unwrap())
+            .or_default() += 1;
+    }
+    sent
+}
