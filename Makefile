@@ -1,6 +1,7 @@
 # The few entry points a person types. Each fetches what it needs (scripts/fetch-tools.sh).
 export ORT_DYLIB_PATH ?= $(CURDIR)/.tools/onnxruntime/libonnxruntime.so
 export LONGMEM_TANSU ?= $(CURDIR)/.tools/bin/tansu
+export LONGMEM_PROMTOOL ?= $(CURDIR)/.tools/bin/promtool
 
 .PHONY: demo test lint tools models run
 

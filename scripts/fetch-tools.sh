@@ -2,6 +2,8 @@
 # Fetches the native tools longmem needs into .tools/ (ignored by git), once:
 #   .tools/onnxruntime/libonnxruntime.so   ONNX Runtime, from the PyPI wheel (ort loads it at run time)
 #   .tools/bin/tansu                       a Kafka-protocol broker for the integration tests
+#   .tools/bin/promtool                    Prometheus's checker, unpacked from Debian's `prometheus`
+#                                          package without installing it (no service is started)
 # Re-running is cheap: anything already present is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,5 +40,20 @@ open(path, "wb").write(data)
 os.chmod(path, 0o755)
 PY
 fi
+if [ ! -x "$TOOLS/bin/promtool" ]; then
+  if command -v promtool >/dev/null; then
+    ln -sf "$(command -v promtool)" "$TOOLS/bin/promtool"
+  else
+    echo "fetch-tools: unpacking promtool from Debian's prometheus package"
+    if ! (cd "$TOOLS/dl" && apt-get download -q prometheus >/dev/null 2>&1); then
+      # A fresh machine may have no package lists yet.
+      sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+      $sudo_cmd apt-get update -q >/dev/null
+      (cd "$TOOLS/dl" && apt-get download -q prometheus >/dev/null 2>&1)
+    fi
+    dpkg-deb -x "$TOOLS"/dl/prometheus_*.deb "$TOOLS/dl/prometheus"
+    cp "$TOOLS/dl/prometheus/usr/bin/promtool" "$TOOLS/bin/promtool"
+  fi
+fi
 rm -rf "$TOOLS/dl"
-echo "fetch-tools: ORT_DYLIB_PATH=$TOOLS/onnxruntime/libonnxruntime.so LONGMEM_TANSU=$TOOLS/bin/tansu"
+echo "fetch-tools: ORT_DYLIB_PATH=$TOOLS/onnxruntime/libonnxruntime.so LONGMEM_TANSU=$TOOLS/bin/tansu LONGMEM_PROMTOOL=$TOOLS/bin/promtool"

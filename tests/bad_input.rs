@@ -345,13 +345,13 @@ fn every_bad_message_lands_on_the_dead_letter_topic_with_its_reason() {
     ] {
         assert!(page.contains(name), "missing {name} in /metrics:\n{page}");
     }
-    let promtool = Command::new("promtool")
+    let promtool = Command::new(tool("LONGMEM_PROMTOOL", ".tools/bin/promtool"))
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool (Debian package `prometheus`) must be installed; .ci/run installs it");
+        .expect("run promtool");
     use std::io::Write;
     promtool
         .stdin
