@@ -43,19 +43,10 @@ fn sigkill_mid_stream_loses_nothing_and_applies_each_event_once() {
 
     let daemon = Daemon::start(&config);
     let schema = schema("recommendation");
-    let sources: HashSet<(i32, i64)> =
+    let sources: HashSet<(i64, i64)> =
         wait_for("an answer to every event", Duration::from_secs(120), || {
             reader.poll_into(&mut recs, Duration::from_millis(200));
-            let seen: HashSet<(i32, i64)> = recs
-                .iter()
-                .map(|r| {
-                    let v = r.json();
-                    (
-                        v["source"]["partition"].as_i64().unwrap() as i32,
-                        v["source"]["offset"].as_i64().unwrap(),
-                    )
-                })
-                .collect();
+            let seen = answered_sources(&recs);
             (seen.len() >= messages.len()).then_some(seen)
         });
     assert!(

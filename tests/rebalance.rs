@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
@@ -58,16 +57,7 @@ fn a_joining_instance_takes_over_partitions_without_gaps_or_double_counts() {
 
     wait_for("an answer to every event", Duration::from_secs(120), || {
         reader.poll_into(&mut recs, Duration::from_millis(200));
-        let seen: HashSet<(i64, i64)> = recs
-            .iter()
-            .map(|r| {
-                let v = r.json();
-                (
-                    v["source"]["partition"].as_i64().unwrap(),
-                    v["source"]["offset"].as_i64().unwrap(),
-                )
-            })
-            .collect();
+        let seen = answered_sources(&recs);
         (seen.len() >= messages.len()).then_some(())
     });
     // A first: its partitions go to B, which resumes from A's commits and finds nothing left to do.

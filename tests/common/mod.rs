@@ -224,6 +224,20 @@ impl Record {
     }
 }
 
+/// The (partition, offset) of every input event that `outputs` answer.
+pub fn answered_sources(outputs: &[Record]) -> std::collections::HashSet<(i64, i64)> {
+    outputs
+        .iter()
+        .map(|r| {
+            let v = r.json();
+            (
+                v["source"]["partition"].as_i64().unwrap(),
+                v["source"]["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 pub struct Reader {
     consumer: BaseConsumer,
 }
