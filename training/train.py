@@ -4,11 +4,12 @@
     python training/train.py --model gru4rec --data recbole:../shared/data/seqrec/recbole_ml100k --out models/gru4rec-ml100k
 
 `--data` takes any `user item` file (one interaction per line, in time order per user), or
-`recbole:DIR` for MovieLens-100k. The model directory receives model.onnx (full graph), step.onnx,
+`recbole:DIR` for MovieLens-100k, or `gsasrec:DIR` for the gSASRec split of MovieLens-1M. The model directory receives model.onnx (full graph), step.onnx,
 model.json (the daemon's manifest), items.txt, metrics.json.
 """
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -22,6 +23,25 @@ from longmem_train import data as D                                  # noqa: E40
 from longmem_train.evaluate import evaluate, popularity_scorer       # noqa: E402
 from longmem_train.export import cost_per_event, export, parity, session  # noqa: E402
 from longmem_train.models import RECOMMENDERS, sampled_softmax_loss  # noqa: E402
+
+
+def length_buckets(windows, lengths, batch_size, pool_batches=64):
+    """Shuffled batches of similar length, each cut to its longest sequence's real items.
+
+    Most users are short (Amazon Games: 9 items on average in a 50-item window), so padding would be
+    most of the work. Cutting leading padding is exact for every model here: padded keys are masked
+    out of attention, and padding leaves the recurrent and memory states untouched."""
+    perm = torch.randperm(len(windows))
+    pool = batch_size * pool_batches
+    batches = []
+    for start in range(0, len(perm), pool):
+        chunk = perm[start:start + pool]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    for i in torch.randperm(len(batches)).tolist():
+        idx = batches[i]
+        longest = max(int(lengths[idx].max()), 2)
+        yield windows[idx][:, -longest:]
 
 
 def main():
@@ -39,7 +59,7 @@ def main():
     p.add_argument("--slots", type=int, default=4, help="memory slots of the memory model")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--negatives", type=int, default=256)
+    p.add_argument("--negatives", type=int, default=256, help="sampled negatives per step; 0 = softmax over every item")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--epochs", type=int, default=200)
@@ -59,6 +79,10 @@ def main():
     model = RECOMMENDERS[args.model](ds.n_items, window=args.window, dim=args.dim, layers=args.layers,
                                      heads=args.heads, span=span, slots=args.slots, dropout=args.dropout)
     windows = torch.tensor(D.training_windows(train, args.window))
+    lengths = (windows > 0).sum(1)
+    # Each batch's summed loss is divided by the average number of predictions per batch, so every
+    # prediction weighs the same whatever the length of the batch it landed in.
+    per_batch = float((lengths - 1).clamp(min=0).sum()) / math.ceil(len(windows) / args.batch)
     print(f"{name}: users={len(ds.sequences)} items={ds.n_items} training windows={len(windows)}", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = random.Random(args.seed)
@@ -71,10 +95,10 @@ def main():
     best, best_state, bad, t0, epochs = -1.0, None, 0, time.time(), 0
     for epoch in range(args.epochs):
         model.train()
-        perm = torch.randperm(len(windows))
         total = 0.0
-        for start in range(0, len(windows), args.batch):
-            loss = sampled_softmax_loss(model, windows[perm[start:start + args.batch]], args.negatives)
+        for batch in length_buckets(windows, lengths, args.batch):
+            loss_sum, _ = sampled_softmax_loss(model, batch, args.negatives)
+            loss = loss_sum / per_batch
             opt.zero_grad(); loss.backward(); opt.step()
             total += float(loss.detach())
         model.eval()

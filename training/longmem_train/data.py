@@ -2,7 +2,7 @@
 
 Any data set in the `user item` format (one interaction per line, in time order per user; the
 SASRec authors' format) works through `load_user_item`; MovieLens-100k in RecBole atomic files
-through `load_recbole`. Items are re-indexed 1..n (0 is padding) in order of first appearance of
+through `load_recbole`; the gSASRec authors' MovieLens-1M split through `load_gsasrec`. Items are re-indexed 1..n (0 is padding) in order of first appearance of
 their original ids sorted as numbers when they are numbers.
 """
 import hashlib
@@ -16,6 +16,7 @@ class Dataset:
     sequences: dict          # user -> [item index, ...] in time order
     vocab: list              # external item ids; vocab[i - 1] is item index i
     sha256: str
+    train_only: frozenset = frozenset()   # users whose held-out items are unknown: they only train
 
     @property
     def n_items(self):
@@ -65,10 +66,33 @@ def load_recbole(directory):
     return _index("ml-100k", raw, _sha256(path))
 
 
+def load_gsasrec(directory):
+    """MovieLens-1M as split by the gSASRec authors. Only 512 users' sequences are complete (their
+    validation and test items are both known); the other 5,528 users' penultimate item was never
+    published, so they contribute their training prefix and are not evaluated."""
+    path = os.path.join(directory, "ml1m_partial_user_sequences.txt")
+    raw, partial = {}, set()
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            user, kind, *items = line.split()
+            if kind == "F":
+                raw[user] = items
+            elif kind == "P" and len(items) >= 3 and items[-2] == "?":
+                raw[user] = items[:-2]
+                partial.add(user)
+            else:
+                raise ValueError(f"{path}:{n}: expected `user F|P items...` with P rows ending `? item`")
+    ds = _index("ml-1m", raw, _sha256(path))
+    ds.train_only = frozenset(partial)
+    return ds
+
+
 def load(spec):
-    """`recbole:DIR` or a `user item` file."""
+    """`recbole:DIR`, `gsasrec:DIR` or a `user item` file."""
     if spec.startswith("recbole:"):
         return load_recbole(spec[len("recbole:"):])
+    if spec.startswith("gsasrec:"):
+        return load_gsasrec(spec[len("gsasrec:"):])
     return load_user_item(spec)
 
 
@@ -82,7 +106,7 @@ def split(dataset):
     validation target, the rest is training. Users with fewer than 3 interactions only train."""
     train, valid, test = {}, {}, {}
     for user, seq in dataset.sequences.items():
-        if len(seq) < 3:
+        if len(seq) < 3 or user in dataset.train_only:
             train[user] = seq
             continue
         train[user] = seq[:-2]

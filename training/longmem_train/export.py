@@ -1,9 +1,13 @@
 """ONNX export of the `full` and `step` graphs, parity between them, and CPU cost per event."""
+import hashlib
+import os
 import time
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
+from onnx.external_data_helper import set_external_data
 
 from .data import left_pad
 from .models import FullGraph, StepGraph
@@ -17,7 +21,8 @@ def export(model, out_dir, candidates):
     torch.onnx.export(full, (example,), f"{out_dir}/model.onnx", input_names=["item_seq"],
                       output_names=["top_items", "top_scores", "scores"],
                       dynamic_axes={n: {0: "batch"} for n in ["item_seq", "top_items", "top_scores", "scores"]},
-                      opset_version=17, dynamo=False)
+                      opset_version=17, dynamo=False,
+                      do_constant_folding=False)  # folding would store transposed copies of shared weights
     shapes = model.state_shapes(3)
     other = model.state_shapes(4)
     names = list(shapes)
@@ -31,12 +36,40 @@ def export(model, out_dir, candidates):
         dyn[n + "_out"] = {batch_axis[n]: "batch"}
     torch.onnx.export(step, (torch.ones(3, dtype=torch.long), *state), f"{out_dir}/step.onnx",
                       input_names=["item", *names], output_names=["top_items", "top_scores", "scores", *[n + "_out" for n in names]],
-                      dynamic_axes=dyn, opset_version=17, dynamo=False)
+                      dynamic_axes=dyn, opset_version=17, dynamo=False,
+                      do_constant_folding=False)  # folding would store transposed copies of shared weights
+    share_weights(out_dir, ["model.onnx", "step.onnx"])
     return [
         {"name": n, "input": n, "output": n + "_out", "dtype": "float32",
          "shape": ["batch" if i == batch_axis[n] else d for i, d in enumerate(shapes[n])], "batch_axis": batch_axis[n]}
         for n in names
     ]
+
+
+def share_weights(out_dir, graphs, weights="weights.bin", min_bytes=1024):
+    """Moves the graphs' large initializers into one external `weights.bin`, each distinct tensor
+    stored once: the full and step graphs share the item embeddings, which are most of a model's
+    bytes (Amazon Games: 23,716 x 64 floats), so the model directory holds them once instead of
+    twice. ONNX Runtime resolves the file relative to each graph."""
+    offsets, blob = {}, bytearray()
+    models = [onnx.load(os.path.join(out_dir, g)) for g in graphs]
+    for model in models:
+        for tensor in model.graph.initializer:
+            raw = tensor.raw_data
+            if len(raw) < min_bytes:
+                continue
+            key = hashlib.sha256(raw).hexdigest()
+            if key not in offsets:
+                blob.extend(b"\0" * (-len(blob) % 64))       # aligned, so the runtime can map it
+                offsets[key] = len(blob)
+                blob.extend(raw)
+            set_external_data(tensor, weights, offset=offsets[key], length=len(raw))
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+    with open(os.path.join(out_dir, weights), "wb") as f:
+        f.write(blob)
+    for g, model in zip(graphs, models):
+        onnx.save(model, os.path.join(out_dir, g))
 
 
 def session(path, threads=1):

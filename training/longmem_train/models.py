@@ -99,7 +99,7 @@ class SASRec(nn.Module):
         return self.norm(x)
 
     def scores(self, hidden):
-        return hidden @ self.item_emb.weight.T
+        return F.linear(hidden, self.item_emb.weight)  # exports as one Gemm, no transposed copy
 
     # --- state for the step graph ---
     def state_shapes(self, batch):
@@ -146,7 +146,7 @@ class GRU4Rec(nn.Module):
         return self.norm(self.drop(torch.stack(out, dim=1)))
 
     def scores(self, hidden):
-        return hidden @ self.item_emb.weight.T
+        return F.linear(hidden, self.item_emb.weight)  # exports as one Gemm, no transposed copy
 
     def state_shapes(self, batch):
         return {"hidden": (batch, self.dim)}
@@ -214,7 +214,7 @@ class MemoryRec(nn.Module):
         return self.norm(self.drop(torch.stack(out, dim=1)))
 
     def scores(self, hidden):
-        return hidden @ self.item_emb.weight.T
+        return F.linear(hidden, self.item_emb.weight)  # exports as one Gemm, no transposed copy
 
     def state_shapes(self, batch):
         s = (batch, self.heads, self.span - 1, self.dim // self.heads)
@@ -269,15 +269,21 @@ class StepGraph(nn.Module):
 
 
 def sampled_softmax_loss(model, batch, negatives):
-    """Cross-entropy of each next item against `negatives` uniformly sampled items."""
+    """Summed cross-entropy of each next item against `negatives` uniformly sampled items, or against
+    the whole catalogue when `negatives` is 0 (slower per step; known to rank better under full
+    ranking), and the number of predictions summed. The caller divides by a constant, not by this
+    count: batches of short sequences must not weigh as much as batches of long ones."""
     inp, pos = batch[:, :-1], batch[:, 1:]
     hidden = model.encode(inp)                                                   # [B, W, D]
-    neg = torch.randint(1, model.n_items + 1, (negatives,), device=batch.device)
     emb = model.item_emb
+    real = pos > 0
+    if negatives <= 0:
+        logits = F.linear(hidden[real], emb.weight[1:])                          # [R, n_items]
+        return F.cross_entropy(logits, pos[real] - 1, reduction="sum"), int(real.sum())
+    neg = torch.randint(1, model.n_items + 1, (negatives,), device=batch.device)
     pos_logit = (hidden * emb(pos)).sum(-1, keepdim=True)                       # [B, W, 1]
     neg_logit = hidden @ emb(neg).T                                              # [B, W, N]
     neg_logit = neg_logit.masked_fill(neg.view(1, 1, -1) == pos.unsqueeze(-1), float("-inf"))
     logits = torch.cat([pos_logit, neg_logit], dim=-1)
     loss = F.cross_entropy(logits.reshape(-1, 1 + negatives), torch.zeros(logits.shape[0] * logits.shape[1], dtype=torch.long, device=batch.device), reduction="none")
-    mask = (pos > 0).reshape(-1).float()
-    return (loss * mask).sum() / mask.sum()
+    return (loss * real.reshape(-1).float()).sum(), int(real.sum())
