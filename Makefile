@@ -3,17 +3,22 @@ export ORT_DYLIB_PATH ?= $(CURDIR)/.tools/onnxruntime/libonnxruntime.so
 export LONGMEM_TANSU ?= $(CURDIR)/.tools/bin/tansu
 export LONGMEM_PROMTOOL ?= $(CURDIR)/.tools/bin/promtool
 
-.PHONY: demo test lint tools models run
+.PHONY: demo test lint check-training tools models run
 
 ## demo: stream MovieLens-100k through the daemon on an embedded broker and print a summary
 demo: tools
 	cargo run --release -- demo $(ARGS)
 
 ## test: formatting, lints, unit tests and integration tests against a real broker (tansu)
-test: tools lint
+test: tools lint check-training
 	cargo test -- --test-threads=2
 	# The CUDA build on a machine without a GPU: refuses to start, or falls back when allowed.
 	cargo test --features cuda --lib model
+
+## check-training: the forecast-accuracy code against the official M5 figures (numpy only)
+check-training:
+	test -x .tools/checks/bin/python || (python3 -m venv .tools/checks && .tools/checks/bin/pip install -q numpy==2.4.6)
+	.tools/checks/bin/python -m unittest discover -s training/tests
 
 lint:
 	cargo fmt --check

@@ -49,6 +49,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub supply: SupplyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +176,56 @@ impl Default for MetricsConfig {
         MetricsConfig {
             listen: "127.0.0.1:9464".into(),
         }
+    }
+}
+
+/// The supply-chain half: per SKU × location memory, the demand forecaster and inventory alerts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupplyConfig {
+    /// Off: supply-chain events are validated and counted, nothing more.
+    pub enabled: bool,
+    /// The demand forecaster's directory (`training/forecast.py`); runs on `[model]`'s execution
+    /// provider and threads.
+    pub forecaster: PathBuf,
+    /// Where purchases that name a location are forwarded as `demand` records keyed by
+    /// `sku@location`, so that they land on the partition of that SKU × location's supply events.
+    /// Must be one of `topics.input` (and the topic the supply events arrive on); default: the first.
+    pub demand_topic: Option<String>,
+    /// A stockout-risk alert opens when the stockout probability reaches this...
+    pub open_probability: f64,
+    /// ...is `critical` from this probability, or when the stockout is expected within a day...
+    pub critical_probability: f64,
+    /// ...and resolves when the probability falls to this (hysteresis, so it does not flap).
+    pub resolve_probability: f64,
+    /// Replenishment lead time and review period behind the suggested reorder quantity.
+    pub lead_time_days: f64,
+    pub review_days: f64,
+    /// A SKU × location silent for longer than this many days restarts its daily demand count from
+    /// the most recent ones.
+    pub max_catch_up_days: usize,
+}
+
+impl Default for SupplyConfig {
+    fn default() -> Self {
+        SupplyConfig {
+            enabled: true,
+            forecaster: PathBuf::from("models/demand-supplygraph"),
+            demand_topic: None,
+            open_probability: 0.5,
+            critical_probability: 0.8,
+            resolve_probability: 0.25,
+            lead_time_days: 7.0,
+            review_days: 7.0,
+            max_catch_up_days: 56,
+        }
+    }
+}
+
+impl SupplyConfig {
+    /// The topic demand records go to.
+    pub fn demand_topic<'a>(&'a self, topics: &'a TopicsConfig) -> &'a str {
+        self.demand_topic.as_deref().unwrap_or(&topics.input[0])
     }
 }
 
@@ -317,6 +369,45 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if let Some(topic) = &self.supply.demand_topic {
+            if !self.topics.input.contains(topic) {
+                return Err(key_error(
+                    "supply.demand_topic",
+                    format!("`{topic}` is not one of topics.input; demand must be read back to be counted"),
+                ));
+            }
+        }
+        let p = &self.supply;
+        let probabilities = [
+            ("supply.open_probability", p.open_probability),
+            ("supply.critical_probability", p.critical_probability),
+            ("supply.resolve_probability", p.resolve_probability),
+        ];
+        for (key, v) in probabilities {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(key_error(key, "must be a probability between 0 and 1"));
+            }
+        }
+        if p.resolve_probability >= p.open_probability
+            || p.critical_probability < p.open_probability
+        {
+            return Err(key_error(
+                "supply.resolve_probability",
+                "must be below supply.open_probability, which must not exceed supply.critical_probability",
+            ));
+        }
+        if !(p.lead_time_days >= 0.0 && p.review_days >= 0.0) {
+            return Err(key_error(
+                "supply.lead_time_days",
+                "lead time and review days must be >= 0",
+            ));
+        }
+        if !(1..=365).contains(&p.max_catch_up_days) {
+            return Err(key_error(
+                "supply.max_catch_up_days",
+                "must be between 1 and 365",
+            ));
         }
         if !(1..=100_000).contains(&self.batch.max_events) {
             return Err(key_error(

@@ -47,15 +47,18 @@ pub enum EventType {
     Inventory,
     Shipment,
     SupplierDelay,
+    /// A purchase forwarded by longmem itself to its SKU × location's partition (see `supply`).
+    Demand,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 6] = [
         EventType::Click,
         EventType::Purchase,
         EventType::Inventory,
         EventType::Shipment,
         EventType::SupplierDelay,
+        EventType::Demand,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +68,7 @@ impl EventType {
             EventType::Inventory => "inventory",
             EventType::Shipment => "shipment",
             EventType::SupplierDelay => "supplier_delay",
+            EventType::Demand => "demand",
         }
     }
 
@@ -127,7 +131,7 @@ pub enum ShipmentStatus {
     Cancelled,
 }
 
-/// Supply-chain events, keyed by `sku@location`; the inventory memory of a later issue consumes them.
+/// Supply-chain events, keyed by `sku@location`: they update that SKU × location's memory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event_type", rename_all = "snake_case")]
 pub enum SupplyEvent {
@@ -155,6 +159,16 @@ pub enum SupplyEvent {
         new_expected_arrival_ms: i64,
         timestamp_ms: i64,
     },
+    /// Units bought at a location: written by longmem from a purchase that names a location (the
+    /// purchase arrives keyed by user), read back on the SKU × location's partition. `source` is the
+    /// purchase, so a demand record written twice (a retried batch) is counted once.
+    Demand {
+        sku: String,
+        location: String,
+        quantity: i64,
+        timestamp_ms: i64,
+        source: SourceRef,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +184,7 @@ impl Event {
             Event::Supply(SupplyEvent::Inventory { .. }) => EventType::Inventory,
             Event::Supply(SupplyEvent::Shipment { .. }) => EventType::Shipment,
             Event::Supply(SupplyEvent::SupplierDelay { .. }) => EventType::SupplierDelay,
+            Event::Supply(SupplyEvent::Demand { .. }) => EventType::Demand,
         }
     }
 }
@@ -294,7 +309,7 @@ pub fn decode(msg: &InMessage, limits: &LimitsConfig, now_ms: i64) -> Result<Eve
         reject(
             RejectReason::UnknownEventType,
             format!(
-                "event_type `{}` is not one of click, purchase, inventory, shipment, supplier_delay",
+                "event_type `{}` is not one of click, purchase, inventory, shipment, supplier_delay, demand",
                 truncate(type_name, 64)
             ),
         )
@@ -358,6 +373,23 @@ pub fn decode(msg: &InMessage, limits: &LimitsConfig, now_ms: i64) -> Result<Eve
                 delay_hours,
                 new_expected_arrival_ms: fields.int("new_expected_arrival_ms")?,
                 timestamp_ms: fields.int("timestamp_ms")?,
+            })
+        }
+        EventType::Demand => {
+            fields.only(&[
+                "event_type",
+                "sku",
+                "location",
+                "quantity",
+                "timestamp_ms",
+                "source",
+            ])?;
+            Event::Supply(SupplyEvent::Demand {
+                sku: fields.id("sku")?,
+                location: fields.id("location")?,
+                quantity: fields.int_in("quantity", 1, limits.max_quantity)?,
+                timestamp_ms: fields.int("timestamp_ms")?,
+                source: fields.source("source")?,
             })
         }
     };
@@ -454,7 +486,8 @@ pub fn expected_key(event: &Event) -> String {
         Event::Supply(
             SupplyEvent::Inventory { sku, location, .. }
             | SupplyEvent::Shipment { sku, location, .. }
-            | SupplyEvent::SupplierDelay { sku, location, .. },
+            | SupplyEvent::SupplierDelay { sku, location, .. }
+            | SupplyEvent::Demand { sku, location, .. },
         ) => format!("{sku}@{location}"),
     }
 }
@@ -519,6 +552,26 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(_) => read(self).map(Some),
         }
+    }
+
+    /// `{"topic": .., "partition": .., "offset": ..}`: the message a derived record came from.
+    fn source(&self, name: &str) -> Result<SourceRef, Rejection> {
+        let Value::Object(obj) = self.get(name)? else {
+            return Err(reject(
+                RejectReason::WrongType,
+                format!("field `{name}` must be an object with topic, partition, offset"),
+            ));
+        };
+        let inner = Fields {
+            obj,
+            limits: self.limits,
+        };
+        inner.only(&["topic", "partition", "offset"])?;
+        Ok(SourceRef {
+            topic: inner.id("topic")?,
+            partition: inner.int_in("partition", 0, i32::MAX as i64)? as i32,
+            offset: inner.int_in("offset", 0, i64::MAX)?,
+        })
     }
 
     fn only(&self, allowed: &[&str]) -> Result<(), Rejection> {

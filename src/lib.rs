@@ -9,12 +9,16 @@
 pub mod batch;
 pub mod config;
 pub mod demo;
+pub mod evaluate;
 pub mod event;
+pub mod inventory;
 pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod recommend;
 pub mod shutdown;
+pub mod simulate;
 pub mod sink;
 pub mod source;
+pub mod supply;

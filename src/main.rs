@@ -41,6 +41,28 @@ enum Command {
     },
     /// Stream MovieLens-100k through the daemon on an embedded broker and print a summary.
     Demo(longmem::demo::DemoArgs),
+    /// Write a simulated event stream driven by real data, with its ground truth.
+    Simulate {
+        #[command(subcommand)]
+        what: SimulateWhat,
+    },
+    /// Replay a simulation through the daemon and score its output against the ground truth.
+    Evaluate {
+        #[command(subcommand)]
+        what: EvaluateWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimulateWhat {
+    /// SupplyGraph demand, replenishment orders, SCMS delivery delays; stockouts as ground truth.
+    SupplyChain(longmem::evaluate::SimulateCommand),
+}
+
+#[derive(Subcommand)]
+enum EvaluateWhat {
+    /// Inventory alerts against the simulation's stockouts, next to the reorder-point rule.
+    SupplyChain(longmem::evaluate::EvaluateArgs),
 }
 
 #[derive(Subcommand)]
@@ -109,6 +131,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo(args) => longmem::demo::run(args),
+        Command::Simulate {
+            what: SimulateWhat::SupplyChain(args),
+        } => longmem::evaluate::run_simulate(args),
+        Command::Evaluate {
+            what: EvaluateWhat::SupplyChain(args),
+        } => longmem::evaluate::run_evaluate(args),
     }
 }
 

@@ -7,6 +7,7 @@
 //!
 //! Layout, one sled tree so a single batch is atomic:
 //! - `u/<user id>`                → [`UserMemory`] (postcard)
+//! - `s/<sku>\0<location>`         → [`SkuMemory`] (postcard): the supply-chain memory
 //! - `o/<topic>\0<partition be>`  → next offset to read (u64, big endian)
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{EventType, UserEvent};
+use crate::supply::SkuMemory;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -81,6 +83,15 @@ fn user_key(user_id: &str) -> Vec<u8> {
     k
 }
 
+fn sku_key(sku: &str, location: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + sku.len() + location.len());
+    k.extend_from_slice(b"s/");
+    k.extend_from_slice(sku.as_bytes());
+    k.push(0);
+    k.extend_from_slice(location.as_bytes());
+    k
+}
+
 fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     let mut k = Vec::with_capacity(7 + topic.len());
     k.extend_from_slice(b"o/");
@@ -94,12 +105,17 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
 #[derive(Default)]
 pub struct StoreBatch {
     users: HashMap<String, UserMemory>,
+    skus: HashMap<(String, String), SkuMemory>,
     next_offsets: HashMap<(String, i32), i64>,
 }
 
 impl StoreBatch {
     pub fn put_user(&mut self, user_id: String, memory: UserMemory) {
         self.users.insert(user_id, memory);
+    }
+
+    pub fn put_sku(&mut self, sku: String, location: String, memory: SkuMemory) {
+        self.skus.insert((sku, location), memory);
     }
 
     /// Records that everything before `next_offset` on this partition is reflected in the batch.
@@ -118,7 +134,7 @@ impl StoreBatch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.next_offsets.is_empty()
+        self.users.is_empty() && self.skus.is_empty() && self.next_offsets.is_empty()
     }
 }
 
@@ -174,6 +190,20 @@ impl Store {
         }
     }
 
+    pub fn sku(&self, sku: &str, location: &str) -> Result<Option<SkuMemory>, StoreError> {
+        match self.tree.get(sku_key(sku, location))? {
+            None => Ok(None),
+            Some(bytes) => {
+                postcard::from_bytes(&bytes)
+                    .map(Some)
+                    .map_err(|source| StoreError::Corrupt {
+                        key: format!("sku {sku} at {location}"),
+                        source,
+                    })
+            }
+        }
+    }
+
     /// The next offset to consume on a partition, if this store has ever processed it.
     pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
         Ok(self.tree.get(offset_key(topic, partition))?.map(|v| {
@@ -193,6 +223,13 @@ impl Store {
             })?;
             b.insert(user_key(user), bytes);
         }
+        for ((sku, location), memory) in &batch.skus {
+            let bytes = postcard::to_allocvec(memory).map_err(|source| StoreError::Corrupt {
+                key: format!("sku {sku} at {location}"),
+                source,
+            })?;
+            b.insert(sku_key(sku, location), bytes);
+        }
         for ((topic, partition), offset) in &batch.next_offsets {
             b.insert(
                 offset_key(topic, *partition),
@@ -207,6 +244,11 @@ impl Store {
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Number of SKU × locations with stored memory (a full scan of their key range).
+    pub fn sku_count(&self) -> usize {
+        self.tree.scan_prefix(b"s/").count()
     }
 
     /// Number of users with stored memory (a full scan of the user key range).

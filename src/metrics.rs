@@ -20,6 +20,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::event::{EventType, RejectReason};
+use crate::inventory::AlertKind;
 use crate::shutdown::Shutdown;
 
 pub const EVENTS_CONSUMED: &str = "longmem_events_consumed_total";
@@ -34,6 +35,9 @@ pub const END_TO_END: &str = "longmem_end_to_end_latency_seconds";
 pub const CONSUMER_LAG: &str = "longmem_consumer_lag_messages";
 pub const ASSIGNED_PARTITIONS: &str = "longmem_assigned_partitions";
 pub const STORE_SIZE: &str = "longmem_store_size_bytes";
+pub const ALERTS: &str = "longmem_alerts_produced_total";
+pub const DEMAND_FORWARDED: &str = "longmem_demand_records_forwarded_total";
+pub const DEMAND_DUPLICATES: &str = "longmem_demand_records_duplicate_total";
 pub const MODEL_INFO: &str = "longmem_model_info";
 pub const EXECUTION_PROVIDER: &str = "longmem_execution_provider_info";
 
@@ -74,6 +78,9 @@ pub fn install() -> PrometheusHandle {
             for r in RejectReason::ALL {
                 counter!(EVENTS_REJECTED, "reason" => r.as_str()).absolute(0);
             }
+            for k in AlertKind::ALL {
+                counter!(ALERTS, "kind" => k.as_str()).absolute(0);
+            }
             handle
         })
         .clone()
@@ -104,6 +111,21 @@ fn describe() {
         PRODUCE_RETRIES,
         Unit::Count,
         "Micro-batches whose outputs had to be produced again after a delivery failure."
+    );
+    describe_counter!(
+        ALERTS,
+        Unit::Count,
+        "Inventory alerts acknowledged by the broker, by kind (stockout_risk, supply_risk, resolved)."
+    );
+    describe_counter!(
+        DEMAND_FORWARDED,
+        Unit::Count,
+        "Purchases with a location forwarded as demand records to their SKU x location's partition."
+    );
+    describe_counter!(
+        DEMAND_DUPLICATES,
+        Unit::Count,
+        "Demand records already counted (written again by a retried batch) and skipped."
     );
     describe_histogram!(BATCH_SIZE, Unit::Count, "Messages per micro-batch.");
     describe_histogram!(
@@ -153,6 +175,15 @@ pub fn record_rejected(r: RejectReason) {
 pub fn record_outputs(recommendations: u64, dead_letters: u64) {
     counter!(RECOMMENDATIONS).increment(recommendations);
     counter!(DEAD_LETTERS).increment(dead_letters);
+}
+
+pub fn record_alert(kind: AlertKind) {
+    counter!(ALERTS, "kind" => kind.as_str()).increment(1);
+}
+
+pub fn record_demand(forwarded: u64, duplicates: u64) {
+    counter!(DEMAND_FORWARDED).increment(forwarded);
+    counter!(DEMAND_DUPLICATES).increment(duplicates);
 }
 
 pub fn record_produce_retry() {

@@ -4,8 +4,11 @@
 //! 2. decode and validate each message; rejects become dead letters;
 //! 3. apply each user event to that user's memory (read from sled, changed in memory only);
 //! 4. one ONNX Runtime call for all of the batch's user events → top-K per event;
-//! 5. produce recommendations and dead letters and wait for the broker's acknowledgements
-//!    (on failure: produce the same outputs again; the state is still unwritten);
+//!    3b/4b. apply each supply-chain event to its SKU × location memory, step the demand
+//!    forecaster for the days that completed, assess stockout risk → alerts ([`crate::inventory`]);
+//! 5. produce recommendations, alerts, demand records (purchases that name a location, forwarded to
+//!    their SKU × location's partition) and dead letters, and wait for the broker's
+//!    acknowledgements (on failure: produce the same outputs again; the state is still unwritten);
 //! 6. write the changed memories and every partition's next offset to sled in one atomic batch, flush;
 //! 7. commit the offsets to Kafka (for lag monitoring and tools).
 //!
@@ -19,9 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
-use crate::event::{self, DeadLetter, Event, InMessage, ModelRef, Recommendation, RejectReason};
+use crate::event::{
+    self, DeadLetter, Event, EventType, InMessage, ModelRef, Recommendation, RejectReason,
+    SupplyEvent,
+};
+use crate::inventory::{self, Inventory};
 use crate::memory::{Store, StoreBatch, StoreError};
 use crate::metrics::{self, Health, Stage};
+use crate::model::forecaster::Forecaster;
 use crate::model::{Model, ModelError};
 use crate::recommend;
 use crate::shutdown::Shutdown;
@@ -36,6 +44,8 @@ pub enum PipelineError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Recommend(#[from] recommend::RecommendError),
+    #[error(transparent)]
+    Inventory(#[from] inventory::InventoryError),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -149,6 +159,20 @@ fn run_inner(
         provider = model.provider().as_str(),
         "model loaded"
     );
+    let inventory = if config.supply.enabled {
+        let mut forecaster_config = config.model.clone();
+        forecaster_config.path = config.supply.forecaster.clone();
+        let forecaster = Forecaster::load(&forecaster_config)?;
+        tracing::info!(
+            forecaster = %forecaster.manifest.name,
+            version = %forecaster.manifest.version,
+            demand_topic = config.supply.demand_topic(&config.topics),
+            "demand forecaster loaded"
+        );
+        Some(Inventory::new(forecaster, config.supply.clone()))
+    } else {
+        None
+    };
     health.model_loaded.store(true, Ordering::Relaxed);
 
     let store = Store::open(&config.store.path, config.store.cache_bytes)?;
@@ -160,6 +184,7 @@ fn run_inner(
         store: &store,
         sink: &sink,
         model,
+        inventory,
         shutdown,
         stats,
     };
@@ -206,6 +231,7 @@ struct Worker<'a> {
     store: &'a Store,
     sink: &'a Sink,
     model: Model,
+    inventory: Option<Inventory>,
     shutdown: &'a Shutdown,
     stats: &'a RunStats,
 }
@@ -257,6 +283,19 @@ impl Worker<'_> {
         self.stats.add_stage(Stage::Memory, memory_time);
         let rows = outcome.answers;
         let memories = outcome.memories;
+        let supply = match self.inventory.as_mut() {
+            Some(inventory) => {
+                let t = Instant::now();
+                let out = inventory.process(self.store, batch, &events, now)?;
+                metrics::record_stage(Stage::Inference, out.inference);
+                self.stats.add_stage(Stage::Inference, out.inference);
+                let memory_time = t.elapsed().saturating_sub(out.inference);
+                metrics::record_stage(Stage::Memory, memory_time);
+                self.stats.add_stage(Stage::Memory, memory_time);
+                Some(out)
+            }
+            None => None,
+        };
 
         // 5. produce and wait for acknowledgements
         let t = Instant::now();
@@ -283,6 +322,48 @@ impl Worker<'_> {
                 topic: &topics.recommendations,
                 key: Some(row.user_id.as_bytes()),
                 payload: serde_json::to_vec(&rec).expect("recommendations serialize"),
+            });
+        }
+        // Purchases that name a location are that SKU × location's demand: forwarded, keyed by
+        // sku@location, to the partition its supply events live on.
+        let mut demand_records: Vec<(String, Vec<u8>)> = Vec::new();
+        if self.inventory.is_some() {
+            for (msg, e) in batch.iter().zip(&events) {
+                let Some(Event::User(e)) = e else { continue };
+                let (EventType::Purchase, Some(location)) = (e.event_type, &e.location) else {
+                    continue;
+                };
+                let record = SupplyEvent::Demand {
+                    sku: e.item_id.clone(),
+                    location: location.clone(),
+                    quantity: e.quantity.unwrap_or(1),
+                    timestamp_ms: e.timestamp_ms,
+                    source: msg.source(),
+                };
+                demand_records.push((
+                    format!("{}@{location}", e.item_id),
+                    serde_json::to_vec(&record).expect("demand records serialize"),
+                ));
+            }
+        }
+        let demand_topic = self.config.supply.demand_topic(topics);
+        for (key, payload) in &demand_records {
+            outputs.push(Output {
+                topic: demand_topic,
+                key: Some(key.as_bytes()),
+                payload: payload.clone(),
+            });
+        }
+        let alert_keys: Vec<String> = supply
+            .iter()
+            .flat_map(|s| &s.alerts)
+            .map(|(_, a)| format!("{}@{}", a.sku, a.location))
+            .collect();
+        for ((_, alert), key) in supply.iter().flat_map(|s| &s.alerts).zip(&alert_keys) {
+            outputs.push(Output {
+                topic: &topics.alerts,
+                key: Some(key.as_bytes()),
+                payload: serde_json::to_vec(alert).expect("alerts serialize"),
             });
         }
         for (i, dl) in &dead_letters {
@@ -314,12 +395,21 @@ impl Worker<'_> {
             }
         }
         metrics::record_outputs(rows.len() as u64, dead_letters.len() as u64);
+        if let Some(s) = &supply {
+            for (_, alert) in &s.alerts {
+                metrics::record_alert(alert.kind);
+            }
+            metrics::record_demand(demand_records.len() as u64, s.duplicate_demand);
+        }
 
         // 6. state and offsets, atomically
         let t = Instant::now();
         let mut writes = StoreBatch::default();
         for (user, memory) in memories {
             writes.put_user(user, memory);
+        }
+        for ((sku, location), memory) in supply.map(|s| s.memories).unwrap_or_default() {
+            writes.put_sku(sku, location, memory);
         }
         for msg in batch {
             writes.advance(&msg.topic, msg.partition, msg.offset + 1);

@@ -8,15 +8,18 @@ use common::{repo, schema};
 use longmem::config::LimitsConfig;
 use longmem::event::{
     self, DeadLetter, Event, InMessage, ModelRef, Recommendation, Rejection, ScoredItem, SourceRef,
+    SupplyEvent,
 };
+use longmem::inventory::{Alert, AlertKind, Evidence, Severity};
 
 const NOW: i64 = 1_763_900_000_000;
-const INPUTS: [&str; 5] = [
+const INPUTS: [&str; 6] = [
     "click",
     "purchase",
     "inventory",
     "shipment",
     "supplier_delay",
+    "demand",
 ];
 const OUTPUTS: [&str; 3] = ["recommendation", "alert", "dead_letter"];
 
@@ -156,6 +159,60 @@ fn rust_outputs_match_the_output_schemas() {
         let v = serde_json::to_value(DeadLetter::new(&msg, rejection, NOW)).unwrap();
         assert!(validator.is_valid(&v), "{v}");
     }
+    // Alerts of every kind, with and without an expected stockout and a next arrival.
+    let validator = schema("alert");
+    for (kind, stockout, arrival) in [
+        (AlertKind::StockoutRisk, Some(NOW + 86_400_000), None),
+        (
+            AlertKind::SupplyRisk,
+            Some(NOW + 3_600_000),
+            Some(NOW + 7 * 86_400_000),
+        ),
+        (AlertKind::Resolved, None, Some(NOW)),
+    ] {
+        let alert = Alert {
+            alert_id: format!("SOS001L12P@plant-1903#stockout#{NOW}"),
+            kind,
+            severity: Severity::Warning,
+            sku: "SOS001L12P".into(),
+            location: "plant-1903".into(),
+            probability: 0.62,
+            expected_stockout_ms: stockout,
+            evidence: Evidence {
+                on_hand: 420,
+                inbound: 0,
+                next_arrival_ms: arrival,
+                forecast_quantiles: [("p05".to_string(), 310.5), ("p50".to_string(), 480.0)]
+                    .into_iter()
+                    .collect(),
+                horizon_hours: 120.0,
+            },
+            suggested_reorder_qty: 800,
+            model: ModelRef {
+                name: "demand-supplygraph".into(),
+                version: "1".into(),
+            },
+            source: source.clone(),
+            event_timestamp_ms: NOW - 5,
+            emitted_at_ms: NOW,
+        };
+        let v = serde_json::to_value(&alert).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{v}: {errors:?}");
+    }
+
+    // The demand record the daemon forwards decodes as one and is valid under its schema.
+    let demand = SupplyEvent::Demand {
+        sku: "50".into(),
+        location: "store-7".into(),
+        quantity: 2,
+        timestamp_ms: NOW - 10,
+        source: source.clone(),
+    };
+    let v = serde_json::to_value(&demand).unwrap();
+    assert!(schema("demand").is_valid(&v), "{v}");
+    assert_eq!(decode(&v).unwrap(), Event::Supply(demand));
+
     for reason in longmem::event::RejectReason::ALL {
         let v = serde_json::to_value(reason).unwrap();
         let text = std::fs::read_to_string(repo().join("schemas/dead_letter.json")).unwrap();

@@ -10,6 +10,7 @@
 //! failed CUDA registration is an error unless `allow_cpu_fallback` is set; [`Model::provider`] says
 //! which provider actually runs, and the metrics export it.
 
+pub mod forecaster;
 mod manifest;
 mod state;
 
@@ -115,8 +116,12 @@ impl Model {
             &config.path.join(&manifest.vocabulary_file),
             manifest.n_items,
         )?;
-        let (full, provider) =
-            open_graph(&env, config, &config.path.join(&manifest.model_file), &[])?;
+        let (full, provider) = open_graph(
+            &env,
+            config,
+            &config.path.join(&manifest.model_file),
+            &RANKED,
+        )?;
         let use_step =
             match config.mode {
                 ModelMode::Full => false,
@@ -131,7 +136,10 @@ impl Model {
             };
         let step = match (&manifest.step, use_step) {
             (Some(spec), true) => {
-                let outputs: Vec<&str> = spec.state.iter().map(|s| s.output.as_str()).collect();
+                let outputs: Vec<&str> = RANKED
+                    .into_iter()
+                    .chain(spec.state.iter().map(|s| s.output.as_str()))
+                    .collect();
                 Some(open_graph(&env, config, &config.path.join(&spec.model_file), &outputs)?.0)
             }
             _ => None,
@@ -332,11 +340,15 @@ fn top_k(
 
 /// Opens one graph on the configured execution provider; it must have `top_items`, `top_scores`
 /// and every name in `extra_outputs`.
+/// The outputs a recommender's graphs are read for (the rest, such as `scores`, are not fetched).
+const RANKED: [&str; 2] = ["top_items", "top_scores"];
+
+/// Opens one graph on the configured execution provider, fetching only `outputs`.
 fn open_graph(
     env: &ort::environment::Environment,
     config: &ModelConfig,
     path: &Path,
-    extra_outputs: &[&str],
+    outputs: &[&str],
 ) -> Result<(Graph, ExecutionProvider), ModelError> {
     let load_err = |e: &dyn std::fmt::Display| ModelError::Load {
         path: path.to_path_buf(),
@@ -353,7 +365,7 @@ fn open_graph(
     let session = builder.commit_from_file(path).map_err(|e| load_err(&e))?;
     let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
     let mut selector = ort::session::OutputSelector::no_default();
-    for wanted in ["top_items", "top_scores"].iter().chain(extra_outputs) {
+    for wanted in outputs {
         if !names.contains(wanted) {
             return Err(load_err(&format!(
                 "the graph has no output `{wanted}` (it has {names:?})"
@@ -503,13 +515,6 @@ mod tests {
     /// shipped SASRec's state covers its whole receptive field, so this holds for any history).
     #[test]
     fn step_matches_full_on_real_histories() {
-        let mut config = shipped_model_config(ExecutionProvider::Cpu, false);
-        config.path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sasrec-ml100k");
-        let mut model = Model::load(&config).unwrap();
-        assert!(
-            model.step_state().is_some(),
-            "the shipped SASRec has a step graph"
-        );
         let events = crate::demo::movielens_events(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/seqrec/recbole_ml100k"),
         )
@@ -521,6 +526,30 @@ mod tests {
                 .or_default()
                 .push(e.item_id.clone());
         }
+        assert_step_matches_full("models/sasrec-ml100k", &histories);
+    }
+
+    /// The same on Amazon Games with the Games SASRec, whose two graphs share one `weights.bin`.
+    #[test]
+    fn step_matches_full_on_games_with_shared_weights() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data/seqrec/sasrec_games/Video.txt");
+        let mut histories: HashMap<String, Vec<String>> = HashMap::new();
+        for line in std::fs::read_to_string(path).unwrap().lines().take(3_000) {
+            let (user, item) = line.split_once(' ').unwrap();
+            histories
+                .entry(user.to_string())
+                .or_default()
+                .push(item.to_string());
+        }
+        assert_step_matches_full("models/sasrec-games", &histories);
+    }
+
+    fn assert_step_matches_full(dir: &str, histories: &HashMap<String, Vec<String>>) {
+        let mut config = shipped_model_config(ExecutionProvider::Cpu, false);
+        config.path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut model = Model::load(&config).unwrap();
+        assert!(model.step_state().is_some(), "{dir} has a step graph");
         let mut users: Vec<&String> = histories.keys().collect();
         users.sort();
         let window = model.manifest.window;
@@ -550,7 +579,12 @@ mod tests {
                     let full = model.recommend(row, 1, true).unwrap();
                     let step_ids: Vec<&str> = top[0].iter().map(|i| i.item_id.as_str()).collect();
                     let full_ids: Vec<&str> = full[0].iter().map(|i| i.item_id.as_str()).collect();
-                    assert_eq!(step_ids, full_ids, "user {user} after {} events", t + 1);
+                    assert_eq!(
+                        step_ids,
+                        full_ids,
+                        "{dir}: user {user} after {} events",
+                        t + 1
+                    );
                     for (a, b) in top[0].iter().zip(&full[0]) {
                         max_diff = max_diff.max((a.score - b.score).abs());
                     }
@@ -558,8 +592,43 @@ mod tests {
                 }
             }
         }
-        assert!(compared >= 40, "compared {compared} points");
-        assert!(max_diff < 1e-4, "largest score difference {max_diff}");
+        assert!(compared >= 40, "{dir}: compared {compared} points");
+        assert!(
+            max_diff < 1e-4,
+            "{dir}: largest score difference {max_diff}"
+        );
+    }
+
+    /// Every recommender shipped under models/ loads and answers.
+    #[test]
+    fn every_shipped_recommender_loads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let mut loaded = Vec::new();
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let dir = entry.unwrap().path();
+            let Ok(text) = std::fs::read_to_string(dir.join("model.json")) else {
+                continue;
+            };
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if json["kind"] != "full" {
+                continue; // the demand forecaster has its own runtime
+            }
+            let mut config = shipped_model_config(ExecutionProvider::Cpu, false);
+            config.path = dir.clone();
+            let mut model = Model::load(&config).unwrap();
+            let first = model.vocabulary.id_of(1).unwrap().to_string();
+            let mut row = Vec::new();
+            model.encode_window([first.as_str()].into_iter(), &mut row);
+            let top = model.recommend(row, 1, true).unwrap();
+            assert_eq!(top[0].len(), model.manifest.k, "{}", dir.display());
+            assert!(
+                model.step_state().is_some(),
+                "{} has a step graph",
+                dir.display()
+            );
+            loaded.push(dir);
+        }
+        assert!(loaded.len() >= 3, "loaded {loaded:?}");
     }
 
     /// On a machine without a GPU the CUDA provider cannot register: refuse, or run on CPU if allowed.

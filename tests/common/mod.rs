@@ -319,6 +319,8 @@ path = "{model}"
 runtime_library = "{ort}"
 [metrics]
 listen = "{metrics}"
+[supply]
+forecaster = "{forecaster}"
 "#,
         bootstrap = broker.bootstrap,
         input = topics.input,
@@ -328,6 +330,7 @@ listen = "{metrics}"
         store = dir.join("store").display(),
         model = repo().join("models/sasrec-ml100k").display(),
         ort = ort_library().display(),
+        forecaster = repo().join("models/demand-supplygraph").display(),
     );
     let path = dir.join("longmem.toml");
     std::fs::write(&path, text).unwrap();

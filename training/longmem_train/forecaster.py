@@ -6,9 +6,11 @@ stock on hand)).
 Inputs per day are the raw demand and the day of the week (0 = Monday; -1 marks left padding, which
 leaves the state untouched). Demand is scaled inside the graph by the series' running mean, which is
 part of the state, so the daemon feeds raw units and one SKU that sells thousands a day and one that
-sells three share the model. The state is the LSTM's (h, c), the running sum and day count, and the
-weekly profile (each weekday's last and average demand): a few hundred bytes per SKU x location.
+sells three share the model. The quantiles are calibrated on held-out days after training. The state
+is the LSTM's (h, c), the running sum and day count, and the weekly profile (each weekday's last and
+average demand): a few hundred bytes per SKU x location.
 """
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,6 +29,9 @@ class DemandLSTM(nn.Module):
         # Quantiles of the cumulative demand, built from non-negative increments so that they never
         # cross: along the horizon (more days, more demand) and across quantile levels.
         self.quantile_head = nn.Linear(features, horizon * len(quantiles))
+        # Per-level stretch of each quantile's distance from the median, set after training on held-out
+        # days (see `calibrate`): pinball loss on the training days leaves the intervals too narrow.
+        self.register_buffer("spread", torch.ones(len(quantiles)))
 
     def state_shapes(self, batch):
         return {"h": (batch, self.hidden), "c": (batch, self.hidden), "demand_sum": (batch, 1), "days": (batch, 1),
@@ -66,6 +71,18 @@ class DemandLSTM(nn.Module):
         inc = F.softplus(self.quantile_head(x)).view(-1, self.horizon, len(self.quantiles))
         inc_h = torch.cumsum(inc, dim=1)                         # growing with the horizon
         quantiles = torch.cumsum(inc_h, dim=2)                  # growing across levels
+        median = quantiles[:, :, len(self.quantiles) // 2:len(self.quantiles) // 2 + 1]
+        quantiles = (median + (quantiles - median) * self.spread).clamp(min=0.0)
+        # Stretching levels by different factors can cross them; keep them in order across levels
+        # and along the horizon.
+        levels = [quantiles[:, :, 0]]
+        for j in range(1, len(self.quantiles)):
+            levels.append(torch.maximum(quantiles[:, :, j], levels[-1]))
+        quantiles = torch.stack(levels, dim=2)
+        days = [quantiles[:, 0]]
+        for d in range(1, self.horizon):
+            days.append(torch.maximum(quantiles[:, d], days[-1]))
+        quantiles = torch.stack(days, dim=1)
         return mean, quantiles * scale.unsqueeze(-1)
 
     def initial_state(self, batch, like):
@@ -104,6 +121,25 @@ class ForecastStepGraph(nn.Module):
         state = self.model.step(demand, day_of_week, *state)
         mean, quantiles = self.model.heads(state[0], *state[2:])
         return (mean, quantiles, *state)
+
+
+def calibrate(quantile_levels, predicted, actual, grid=None):
+    """Spread factors that make each quantile level's empirical coverage on held-out days match the
+    level: for level tau, the smallest stretch of its distance from the median for which the share of
+    actual cumulative demands below it is closest to tau. predicted [N, horizon, Q], actual
+    [N, horizon] (cumulative). The median keeps factor 1."""
+    grid = np.linspace(0.5, 6.0, 111) if grid is None else grid
+    mid = len(quantile_levels) // 2
+    median = predicted[:, :, mid]
+    factors = []
+    for j, tau in enumerate(quantile_levels):
+        if j == mid:
+            factors.append(1.0)
+            continue
+        dist = predicted[:, :, j] - median
+        share = [np.mean(actual <= np.maximum(median + f * dist, 0.0)) for f in grid]
+        factors.append(float(grid[int(np.argmin(np.abs(np.array(share) - tau)))]))
+    return factors
 
 
 def forecast_loss(model, states, demand, observed, targets_end, series_scale):

@@ -1,0 +1,622 @@
+//! `longmem simulate supply-chain` and `longmem evaluate supply-chain`.
+//!
+//! The evaluation replays a simulation ([`crate::simulate`]) through the daemon on a broker, day by
+//! day (a day's early supply-chain events, then its purchases, which the daemon answers and
+//! forwards as demand, then the rest of the day), reads the alerts it raised and scores them against
+//! the simulation's ground truth. In the same run it scores the reorder-point rule a planner would
+//! use, computed from the same events: alert when stock on hand falls below mean daily demand ×
+//! lead time + z·σ·√lead time (28-day window, z = 1.65), clear when it is back above.
+//!
+//! Scoring, after a warm-up (the first `warmup_days`, while both have too little history):
+//! - an alert is right when a stockout of its SKU × location starts within `window_days` after it
+//!   was raised; precision = right alerts / alerts;
+//! - a stockout is caught when an alert raised at most `window_days` before it started was still
+//!   open when it started; recall = caught / stockouts; warning time = start − raise (median).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::metrics::{self, Health};
+use crate::pipeline::{self, RunStats};
+use crate::shutdown::Shutdown;
+use crate::simulate::{self, SimEvent, Simulation, Stockout};
+use crate::supply::DAY_MS;
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Random seed: the same seed gives the same stream.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// SKU × location positions to simulate (at most SupplyGraph's products × 3 locations).
+    #[arg(long, default_value_t = 60)]
+    pub positions: usize,
+    /// SupplyGraph's `homogeneous/` folder.
+    #[arg(long, default_value = "../shared/data/supply/supplygraph/homogeneous")]
+    pub supplygraph: PathBuf,
+    /// The SCMS delivery history (scheduled vs delivered dates).
+    #[arg(
+        long,
+        default_value = "../shared/data/supply/scms_delivery_history/SCMS_Delivery_History_Dataset.csv"
+    )]
+    pub scms: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateCommand {
+    #[command(flatten)]
+    pub sim: SimulateArgs,
+    /// Directory for `events.jsonl` (one `{"key", "value"}` per line, in time order) and
+    /// `ground_truth.json` (the stockouts and each position's policy).
+    #[arg(long, default_value = "var/simulation")]
+    pub out: PathBuf,
+    /// Also produce the events to this topic on `--brokers`, in time order.
+    #[arg(long, requires = "brokers")]
+    pub topic: Option<String>,
+    #[arg(long)]
+    pub brokers: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    pub sim: SimulateArgs,
+    /// A real Kafka (host:port); the run creates topics of its own there. Default: the embedded broker.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Base configuration; the run overrides brokers, store path and topics.
+    #[arg(long, default_value = "config/default.toml")]
+    pub config: PathBuf,
+    /// Days before anything is scored.
+    #[arg(long, default_value_t = 35)]
+    pub warmup_days: usize,
+    /// How far ahead an alert may warn and still count.
+    #[arg(long, default_value_t = 14)]
+    pub window_days: i64,
+    /// Write the scores as JSON here too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn load_simulation(args: &SimulateArgs) -> anyhow::Result<Simulation> {
+    let graph = simulate::load_supplygraph(&args.supplygraph)?;
+    let delays = simulate::load_scms_delays(&args.scms)?;
+    Ok(simulate::simulate(
+        &graph,
+        &delays,
+        args.seed,
+        args.positions,
+    ))
+}
+
+pub fn run_simulate(cmd: SimulateCommand) -> anyhow::Result<()> {
+    let sim = load_simulation(&cmd.sim)?;
+    std::fs::create_dir_all(&cmd.out)
+        .with_context(|| format!("cannot create {}", cmd.out.display()))?;
+    let bar = progress(sim.events.len() as u64, "writing");
+    let mut lines = String::new();
+    for (i, e) in sim.events.iter().enumerate() {
+        lines.push_str(&serde_json::json!({"key": e.key, "value": serde_json::from_str::<serde_json::Value>(&e.payload)?}).to_string());
+        lines.push('\n');
+        if i % 1000 == 0 {
+            bar.set_position(i as u64);
+        }
+    }
+    std::fs::write(cmd.out.join("events.jsonl"), lines)?;
+    let truth = serde_json::json!({"seed": cmd.sim.seed, "days": sim.days, "stockouts": sim.stockouts, "positions": sim.positions});
+    std::fs::write(
+        cmd.out.join("ground_truth.json"),
+        serde_json::to_string_pretty(&truth)?,
+    )?;
+    if let (Some(brokers), Some(topic)) = (&cmd.brokers, &cmd.topic) {
+        let producer = producer(brokers)?;
+        let mut pending = Vec::new();
+        for (i, e) in sim.events.iter().enumerate() {
+            pending.push(send(&producer, topic, e)?);
+            if i % 1000 == 0 {
+                bar.set_position(i as u64);
+            }
+        }
+        wait_all(&producer, pending)?;
+    }
+    bar.finish_and_clear();
+    println!(
+        "simulated {} positions over {} days: {} events, {} stockouts → {}",
+        sim.positions.len(),
+        sim.days,
+        sim.events.len(),
+        sim.stockouts.len(),
+        cmd.out.display()
+    );
+    Ok(())
+}
+
+/// One alert episode of one SKU × location: raised at, resolved at.
+#[derive(Debug, Clone, Copy)]
+struct Episode {
+    raised_ms: i64,
+    resolved_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Score {
+    pub alerts: usize,
+    pub right_alerts: usize,
+    pub precision: f64,
+    pub stockouts: usize,
+    pub caught: usize,
+    pub recall: f64,
+    pub median_warning_hours: Option<f64>,
+}
+
+fn score(
+    episodes: &HashMap<(String, String), Vec<Episode>>,
+    stockouts: &[Stockout],
+    from_ms: i64,
+    window_ms: i64,
+) -> Score {
+    let stockouts: Vec<&Stockout> = stockouts.iter().filter(|s| s.start_ms >= from_ms).collect();
+    let (mut alerts, mut right) = (0, 0);
+    for ((sku, location), list) in episodes {
+        for e in list.iter().filter(|e| e.raised_ms >= from_ms) {
+            alerts += 1;
+            if stockouts.iter().any(|s| {
+                &s.sku == sku
+                    && &s.location == location
+                    && s.start_ms >= e.raised_ms
+                    && s.start_ms - e.raised_ms <= window_ms
+            }) {
+                right += 1;
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    for s in &stockouts {
+        let key = (s.sku.clone(), s.location.clone());
+        let earliest = episodes.get(&key).into_iter().flatten().filter(|e| {
+            e.raised_ms <= s.start_ms
+                && s.start_ms - e.raised_ms <= window_ms
+                && e.resolved_ms.is_none_or(|r| r >= s.start_ms)
+        });
+        if let Some(e) = earliest.min_by_key(|e| e.raised_ms) {
+            warnings.push((s.start_ms - e.raised_ms) as f64 / 3_600_000.0);
+        }
+    }
+    warnings.sort_by(|a, b| a.total_cmp(b));
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Score {
+        alerts,
+        right_alerts: right,
+        precision: ratio(right, alerts),
+        stockouts: stockouts.len(),
+        caught: warnings.len(),
+        recall: ratio(warnings.len(), stockouts.len()),
+        median_warning_hours: (!warnings.is_empty()).then(|| warnings[warnings.len() / 2]),
+    }
+}
+
+/// The planner's reorder-point rule over the same events: (sku, location) → alert episodes.
+fn reorder_point_rule(sim: &Simulation) -> HashMap<(String, String), Vec<Episode>> {
+    let lead: HashMap<(String, String), f64> = sim
+        .positions
+        .iter()
+        .map(|p| ((p.sku.clone(), p.location.clone()), p.lead_time_days as f64))
+        .collect();
+    struct State {
+        on_hand: i64,
+        today: f64,
+        history: Vec<f64>,
+        day: usize,
+        open: Option<i64>,
+    }
+    let mut states: HashMap<(String, String), State> = HashMap::new();
+    let mut out: HashMap<(String, String), Vec<Episode>> = HashMap::new();
+    for e in &sim.events {
+        let v: serde_json::Value =
+            serde_json::from_str(&e.payload).expect("simulated events are JSON");
+        let sku = v
+            .get("sku")
+            .or_else(|| v.get("item_id"))
+            .and_then(|s| s.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let key = (sku, v["location"].as_str().unwrap_or_default().to_string());
+        let s = states.entry(key.clone()).or_insert(State {
+            on_hand: 0,
+            today: 0.0,
+            history: Vec::new(),
+            day: e.day,
+            open: None,
+        });
+        while s.day < e.day {
+            s.history.push(std::mem::take(&mut s.today));
+            s.day += 1;
+        }
+        match v["event_type"].as_str() {
+            Some("purchase") => {
+                let q = v["quantity"].as_i64().unwrap_or(1);
+                s.today += q as f64;
+                s.on_hand = (s.on_hand - q).max(0);
+            }
+            Some("shipment") if v["status"] == "delivered" => {
+                s.on_hand += v["quantity"].as_i64().unwrap_or(0)
+            }
+            Some("inventory") => {
+                s.on_hand = v["on_hand"].as_i64().unwrap_or(0);
+                let recent = &s.history[s.history.len().saturating_sub(28)..];
+                if recent.len() < 7 {
+                    continue;
+                }
+                let n = recent.len() as f64;
+                let mean = recent.iter().sum::<f64>() / n;
+                let sd = (recent.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n).sqrt();
+                let l = lead.get(&key).copied().unwrap_or(7.0);
+                let rop = mean * l + 1.65 * sd * l.sqrt();
+                let below = (s.on_hand as f64) < rop;
+                match (s.open, below) {
+                    (None, true) => s.open = Some(e.timestamp_ms),
+                    (Some(raised), false) => {
+                        out.entry(key.clone()).or_default().push(Episode {
+                            raised_ms: raised,
+                            resolved_ms: Some(e.timestamp_ms),
+                        });
+                        s.open = None;
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    for (key, s) in states {
+        if let Some(raised) = s.open {
+            out.entry(key).or_default().push(Episode {
+                raised_ms: raised,
+                resolved_ms: None,
+            });
+        }
+    }
+    out
+}
+
+pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    let sim = load_simulation(&args.sim)?;
+    let mut config = Config::load(&args.config)?;
+    let run = format!(
+        "eval-{}-{}",
+        args.sim.seed,
+        crate::pipeline::now_ms() / 1000
+    );
+    config.topics.input = vec![format!("{}.{run}", config.topics.input[0])];
+    for t in [
+        &mut config.topics.recommendations,
+        &mut config.topics.alerts,
+        &mut config.topics.dead_letter,
+    ] {
+        *t = format!("{t}.{run}");
+    }
+    config.supply.demand_topic = None;
+    config.supply.enabled = true;
+    let _mock;
+    let bootstrap = match &args.brokers {
+        Some(b) => {
+            create_topics(b, &config)?;
+            b.clone()
+        }
+        None => {
+            let mock =
+                MockCluster::new(1).context("cannot start the embedded Kafka mock cluster")?;
+            mock.create_topic(&config.topics.input[0], 8, 1)?;
+            mock.create_topic(&config.topics.recommendations, 8, 1)?;
+            mock.create_topic(&config.topics.alerts, 1, 1)?;
+            mock.create_topic(&config.topics.dead_letter, 1, 1)?;
+            let b = mock.bootstrap_servers();
+            _mock = mock;
+            b
+        }
+    };
+    let store_dir = tempfile::Builder::new().prefix("longmem-eval-").tempdir()?;
+    config.kafka.bootstrap_servers = bootstrap.clone();
+    config.kafka.group_id = format!("longmem-eval-{}", std::process::id());
+    config.store.path = store_dir.path().to_path_buf();
+
+    let purchases = sim.events.iter().filter(|e| e.is_purchase).count();
+    println!(
+        "longmem evaluate supply-chain: seed {}, {} positions, {} days, {} events ({} purchases), {} stockouts, on {}",
+        args.sim.seed,
+        sim.positions.len(),
+        sim.days,
+        sim.events.len(),
+        purchases,
+        sim.stockouts.len(),
+        if args.brokers.is_some() { bootstrap.as_str() } else { "the embedded broker" }
+    );
+    metrics::install();
+    let health = Arc::new(Health::default());
+    let stop = Shutdown::new();
+    let stats = Arc::new(RunStats::default());
+    let daemon = {
+        let (config, health, stop, stats) =
+            (config.clone(), health.clone(), stop.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || pipeline::run(&config, health, stop, stats))?
+    };
+    let replayed = replay(&config, &sim, &health, &stats, &daemon);
+    stop.trigger();
+    let result = daemon
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
+    let elapsed = replayed?;
+    result?;
+
+    let alerts = read_all(&bootstrap, &config.topics.alerts)?;
+    let mut longmem: HashMap<(String, String), Vec<Episode>> = HashMap::new();
+    let mut open: HashMap<String, ((String, String), i64)> = HashMap::new();
+    for a in &alerts {
+        let key = (
+            a["sku"].as_str().unwrap_or_default().to_string(),
+            a["location"].as_str().unwrap_or_default().to_string(),
+        );
+        let id = a["alert_id"].as_str().unwrap_or_default().to_string();
+        let at = a["event_timestamp_ms"].as_i64().unwrap_or(0);
+        match a["kind"].as_str() {
+            Some("stockout_risk") => {
+                open.insert(id, (key, at));
+            }
+            Some("resolved") => {
+                if let Some((key, raised)) = open.remove(&id) {
+                    longmem.entry(key).or_default().push(Episode {
+                        raised_ms: raised,
+                        resolved_ms: Some(at),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    for (_, (key, raised)) in open {
+        longmem.entry(key).or_default().push(Episode {
+            raised_ms: raised,
+            resolved_ms: None,
+        });
+    }
+    let from = simulate::START_MS + args.warmup_days as i64 * DAY_MS;
+    let window = args.window_days * DAY_MS;
+    let ours = score(&longmem, &sim.stockouts, from, window);
+    let rule = score(&reorder_point_rule(&sim), &sim.stockouts, from, window);
+    let busy = Duration::from_nanos(stats.busy_nanos.load(Ordering::Relaxed));
+    let messages = stats.messages.load(Ordering::Relaxed);
+
+    println!(
+        "\n| alerts | precision | recall | median warning | alerts raised | stockouts caught |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, s) in [
+        ("longmem (forecaster)", &ours),
+        ("reorder-point rule", &rule),
+    ] {
+        println!(
+            "| {name} | {:.3} | {:.3} | {} | {} | {} of {} |",
+            s.precision,
+            s.recall,
+            s.median_warning_hours
+                .map(|h| format!("{:.0} h", h))
+                .unwrap_or_else(|| "–".into()),
+            s.alerts,
+            s.caught,
+            s.stockouts
+        );
+    }
+    println!(
+        "\nreplay: {messages} messages (incl. forwarded demand) in {:.1} s, {:.0} messages per busy second; supply_risk alerts: {}",
+        elapsed.as_secs_f64(),
+        messages as f64 / busy.as_secs_f64().max(1e-9),
+        alerts.iter().filter(|a| a["kind"] == "supply_risk").count()
+    );
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({"seed": args.sim.seed, "positions": sim.positions.len(), "events": sim.events.len(),
+            "longmem": ours, "reorder_point": rule, "messages": messages, "busy_seconds": busy.as_secs_f64(),
+            "wall_seconds": elapsed.as_secs_f64()});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    Ok(())
+}
+
+/// Day by day: the day's supply-chain events before its first purchase, its purchases (waiting until
+/// the daemon has answered them, so their forwarded demand is on the partitions first), then the
+/// rest of the day.
+fn replay(
+    config: &Config,
+    sim: &Simulation,
+    health: &Health,
+    stats: &RunStats,
+    daemon: &std::thread::JoinHandle<Result<(), pipeline::PipelineError>>,
+) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !health.is_ready() {
+        if daemon.is_finished() || health.failed.load(Ordering::Relaxed) {
+            bail!("the daemon stopped during start-up (see the error above)");
+        }
+        if Instant::now() > deadline {
+            bail!("the daemon was not ready after 60 s (no partitions assigned)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let producer = producer(&config.kafka.bootstrap_servers)?;
+    let topic = &config.topics.input[0];
+    let started = Instant::now();
+    let bar = progress(sim.days as u64, "days");
+    let mut purchases = 0u64;
+    let mut sent = 0u64;
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !done() {
+            if daemon.is_finished() {
+                bail!("the daemon stopped during the replay (see the error above)");
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    };
+    for day in 0..sim.days {
+        let events: Vec<&SimEvent> = sim.events.iter().filter(|e| e.day == day).collect();
+        let first_purchase = events
+            .iter()
+            .filter(|e| e.is_purchase)
+            .map(|e| e.timestamp_ms)
+            .min()
+            .unwrap_or(i64::MAX);
+        let last_purchase = events
+            .iter()
+            .filter(|e| e.is_purchase)
+            .map(|e| e.timestamp_ms)
+            .max()
+            .unwrap_or(i64::MIN);
+        let (before, rest): (Vec<&SimEvent>, Vec<&SimEvent>) = events
+            .iter()
+            .copied()
+            .partition(|e| !e.is_purchase && e.timestamp_ms < first_purchase);
+        let (during, after): (Vec<&SimEvent>, Vec<&SimEvent>) = rest
+            .iter()
+            .copied()
+            .partition(|e| e.is_purchase || e.timestamp_ms <= last_purchase);
+        for part in [before, during, after] {
+            let n_purchases = part.iter().filter(|e| e.is_purchase).count() as u64;
+            let pending: Vec<_> = part
+                .iter()
+                .map(|e| send(&producer, topic, e))
+                .collect::<anyhow::Result<_>>()?;
+            wait_all(&producer, pending)?;
+            sent += part.len() as u64;
+            purchases += n_purchases;
+            // Every message so far processed, forwarded demand included.
+            let expected = sent + purchases;
+            wait_until("the daemon to catch up", &|| {
+                stats.messages.load(Ordering::Relaxed) >= expected
+            })?;
+        }
+        bar.set_position(day as u64 + 1);
+    }
+    bar.finish_and_clear();
+    Ok(started.elapsed())
+}
+
+fn progress(len: u64, msg: &'static str) -> ProgressBar {
+    ProgressBar::new(len)
+        .with_style(
+            ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        )
+        .with_message(msg)
+}
+
+fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "2")
+        .set("enable.idempotence", "true")
+        .create()?)
+}
+
+fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    e: &SimEvent,
+) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+    let record = FutureRecord::<str, str>::to(topic)
+        .key(&e.key)
+        .payload(&e.payload);
+    producer
+        .send_result(record)
+        .map_err(|(e, _)| anyhow::anyhow!("producing a simulated event failed: {e}"))
+}
+
+fn wait_all(
+    producer: &FutureProducer,
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+) -> anyhow::Result<()> {
+    let _ = producer.flush(Duration::from_secs(30));
+    for d in futures::executor::block_on(futures::future::join_all(pending)) {
+        match d {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => bail!("producing a simulated event failed: {e}"),
+            Err(_) => bail!("producing a simulated event was canceled"),
+        }
+    }
+    Ok(())
+}
+
+fn create_topics(bootstrap: &str, config: &Config) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let topics = [
+        NewTopic::new(&config.topics.input[0], 8, TopicReplication::Fixed(1)),
+        NewTopic::new(
+            &config.topics.recommendations,
+            8,
+            TopicReplication::Fixed(1),
+        ),
+        NewTopic::new(&config.topics.alerts, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&config.topics.dead_letter, 1, TopicReplication::Fixed(1)),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in futures::executor::block_on(admin.create_topics(&topics, &options))? {
+        r.map_err(|(t, e)| anyhow::anyhow!("cannot create topic {t} on {bootstrap}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Every message of a topic, read until it has been quiet for two seconds.
+fn read_all(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "longmem-eval-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in md
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default()
+    {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(2) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                quiet = Instant::now();
+                if let Some(v) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
+                    out.push(v);
+                }
+            }
+            Some(Err(e)) => bail!("reading {topic} failed: {e}"),
+            None => {}
+        }
+    }
+    Ok(out)
+}

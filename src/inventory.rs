@@ -1,0 +1,382 @@
+//! Stage 3b of a micro-batch: the batch's supply-chain events applied to their SKU × location
+//! memories, the demand forecaster stepped once for every day that completed, and the alerts that
+//! follow.
+//!
+//! Events of one SKU × location are applied in order. When an event starts a new day, the days that
+//! completed are stepped through the forecaster first (their demand, zeros for silent days), so the
+//! event is assessed against a forecast made after the previous day. All SKU × locations waiting for
+//! a step go through the forecaster together: the batch runs in rounds, one day per SKU × location
+//! per round (usually one round).
+//!
+//! Alert lifecycle per SKU × location: `stockout_risk` opens once when the stockout probability
+//! reaches `supply.open_probability` and a `resolved` alert with the same id follows when it falls
+//! to `supply.resolve_probability`; `supply_risk` opens when a supplier delay moves the next arrival
+//! past the expected stockout, and resolves when that no longer holds. Times are the events' own
+//! timestamps, so a replay raises the same alerts.
+//!
+//! Nothing here writes to the store: the pipeline writes the returned memories with the offsets.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::SupplyConfig;
+use crate::event::{Event, InMessage, ModelRef, SourceRef, SupplyEvent};
+use crate::memory::{ModelState, Store, StoreError};
+use crate::model::forecaster::Forecaster;
+use crate::model::ModelError;
+use crate::supply::{self, assess, Assessment, Forecast, OpenAlert, RiskPolicy, SkuMemory, DAY_MS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    StockoutRisk,
+    SupplyRisk,
+    Resolved,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 3] = [
+        AlertKind::StockoutRisk,
+        AlertKind::SupplyRisk,
+        AlertKind::Resolved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::StockoutRisk => "stockout_risk",
+            AlertKind::SupplyRisk => "supply_risk",
+            AlertKind::Resolved => "resolved",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// `schemas/alert.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    pub alert_id: String,
+    pub kind: AlertKind,
+    pub severity: Severity,
+    pub sku: String,
+    pub location: String,
+    pub probability: f64,
+    pub expected_stockout_ms: Option<i64>,
+    pub evidence: Evidence,
+    pub suggested_reorder_qty: i64,
+    pub model: ModelRef,
+    pub source: SourceRef,
+    pub event_timestamp_ms: i64,
+    pub emitted_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    pub on_hand: i64,
+    pub inbound: i64,
+    pub next_arrival_ms: Option<i64>,
+    /// Demand from the event until the next arrival (or the horizon), by quantile: `p05`, `p50`, ...
+    pub forecast_quantiles: BTreeMap<String, f64>,
+    pub horizon_hours: f64,
+}
+
+/// The batch's alerts (with the index of the message that raised each) and the memories to store.
+pub struct Outcome {
+    pub alerts: Vec<(usize, Alert)>,
+    pub memories: HashMap<(String, String), SkuMemory>,
+    pub inference: Duration,
+    /// Demand records already counted (written twice by a retried batch) and skipped.
+    pub duplicate_demand: u64,
+}
+
+/// One SKU × location's events in this batch and the days waiting to be stepped.
+struct Lane {
+    key: (String, String),
+    events: VecDeque<(usize, SupplyEvent)>,
+    days: VecDeque<(i64, f64)>,
+}
+
+pub struct Inventory {
+    forecaster: Forecaster,
+    config: SupplyConfig,
+}
+
+impl Inventory {
+    pub fn new(forecaster: Forecaster, config: SupplyConfig) -> Inventory {
+        Inventory { forecaster, config }
+    }
+
+    pub fn forecaster(&self) -> &Forecaster {
+        &self.forecaster
+    }
+
+    pub fn process(
+        &mut self,
+        store: &Store,
+        batch: &[InMessage],
+        events: &[Option<Event>],
+        emitted_at_ms: i64,
+    ) -> Result<Outcome, InventoryError> {
+        let owner = self.forecaster.state_owner();
+        let mut memories: HashMap<(String, String), SkuMemory> = HashMap::new();
+        let mut lanes: Vec<Lane> = Vec::new();
+        let mut lane_of: HashMap<(String, String), usize> = HashMap::new();
+        for (i, e) in events.iter().enumerate() {
+            let Some(Event::Supply(e)) = e else { continue };
+            let key = sku_location(e);
+            if !memories.contains_key(&key) {
+                let mut memory = store.sku(&key.0, &key.1)?.unwrap_or_default();
+                if memory.forecaster.as_ref().is_some_and(|s| s.owner != owner) {
+                    // Written by another forecaster: its state means nothing to this one.
+                    memory.forecaster = None;
+                    memory.forecast = None;
+                }
+                memories.insert(key.clone(), memory);
+            }
+            let lane = *lane_of.entry(key.clone()).or_insert_with(|| {
+                lanes.push(Lane {
+                    key,
+                    events: VecDeque::new(),
+                    days: VecDeque::new(),
+                });
+                lanes.len() - 1
+            });
+            lanes[lane].events.push_back((i, e.clone()));
+        }
+
+        let mut outcome = Outcome {
+            alerts: Vec::new(),
+            memories: HashMap::new(),
+            inference: Duration::ZERO,
+            duplicate_demand: 0,
+        };
+        let model = ModelRef {
+            name: self.forecaster.manifest.name.clone(),
+            version: self.forecaster.manifest.version.clone(),
+        };
+        let levels = self.forecaster.manifest.quantiles.clone();
+        let policy = RiskPolicy {
+            lead_time_days: self.config.lead_time_days,
+            review_days: self.config.review_days,
+        };
+        loop {
+            // Apply each lane's events until one starts a new day (its completed days go first).
+            for lane in lanes.iter_mut() {
+                let memory = memories.get_mut(&lane.key).expect("loaded above");
+                while lane.days.is_empty() {
+                    let Some((i, event)) = lane.events.front() else {
+                        break;
+                    };
+                    let closed = memory.close_days(
+                        supply::event_timestamp(event),
+                        self.config.max_catch_up_days,
+                    );
+                    if !closed.is_empty() {
+                        lane.days.extend(closed);
+                        break;
+                    }
+                    if !memory.apply(event) {
+                        outcome.duplicate_demand += 1;
+                    } else if let Some(a) =
+                        assess(memory, &levels, supply::event_timestamp(event), &policy)
+                    {
+                        let raised = self.lifecycle(memory, event, &a);
+                        for (kind, severity, alert_id) in raised {
+                            outcome.alerts.push((
+                                *i,
+                                alert(
+                                    &lane.key,
+                                    kind,
+                                    severity,
+                                    alert_id,
+                                    &a,
+                                    memory,
+                                    &levels,
+                                    &model,
+                                    batch[*i].source(),
+                                    event,
+                                    emitted_at_ms,
+                                ),
+                            ));
+                        }
+                    }
+                    lane.events.pop_front();
+                }
+            }
+            // One forecaster step for every lane with a completed day waiting.
+            let waiting: Vec<usize> = (0..lanes.len())
+                .filter(|&l| !lanes[l].days.is_empty())
+                .collect();
+            if waiting.is_empty() {
+                break;
+            }
+            let mut demand = Vec::with_capacity(waiting.len());
+            let mut weekday = Vec::with_capacity(waiting.len());
+            let mut states: Vec<Vec<Vec<f32>>> = Vec::with_capacity(waiting.len());
+            let mut days = Vec::with_capacity(waiting.len());
+            for &l in &waiting {
+                let (day, units) = lanes[l].days.pop_front().expect("waiting");
+                let memory = &memories[&lanes[l].key];
+                demand.push(units as f32);
+                weekday.push(supply::weekday(day));
+                states.push(
+                    memory
+                        .forecaster
+                        .as_ref()
+                        .map(|s| s.tensors.clone())
+                        .unwrap_or_else(|| self.forecaster.empty_state()),
+                );
+                days.push(day);
+            }
+            let t = Instant::now();
+            let refs: Vec<&[Vec<f32>]> = states.iter().map(|s| s.as_slice()).collect();
+            let (quantiles, new_states) = self.forecaster.step(demand, weekday, &refs)?;
+            outcome.inference += t.elapsed();
+            for (((&l, day), q), state) in waiting.iter().zip(days).zip(quantiles).zip(new_states) {
+                let memory = memories.get_mut(&lanes[l].key).expect("loaded above");
+                memory.forecaster = Some(ModelState {
+                    owner: owner.clone(),
+                    tensors: state,
+                });
+                memory.forecast = Some(Forecast {
+                    first_day: day + 1,
+                    quantiles: q,
+                });
+            }
+        }
+        outcome.memories = memories;
+        Ok(outcome)
+    }
+
+    /// Opens and resolves this SKU × location's alerts after `event`; returns the alerts to emit.
+    fn lifecycle(
+        &self,
+        memory: &mut SkuMemory,
+        event: &SupplyEvent,
+        a: &Assessment,
+    ) -> Vec<(AlertKind, Severity, String)> {
+        let c = &self.config;
+        let now = supply::event_timestamp(event);
+        let (sku, location) = sku_location(event);
+        let mut out = Vec::new();
+        match &memory.stockout_alert {
+            None if a.probability >= c.open_probability => {
+                let imminent = a.expected_stockout_ms.is_some_and(|t| t - now <= DAY_MS);
+                let severity = if a.probability >= c.critical_probability || imminent {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                };
+                let alert_id = format!("{sku}@{location}#stockout#{now}");
+                memory.stockout_alert = Some(OpenAlert {
+                    alert_id: alert_id.clone(),
+                    opened_ms: now,
+                });
+                out.push((AlertKind::StockoutRisk, severity, alert_id));
+            }
+            Some(open) if a.probability <= c.resolve_probability => {
+                out.push((AlertKind::Resolved, Severity::Info, open.alert_id.clone()));
+                memory.stockout_alert = None;
+            }
+            _ => {}
+        }
+        // The stock runs out before the next delivery arrives.
+        let late = match (a.expected_stockout_ms, a.next_arrival_ms) {
+            (Some(out_at), Some(arrival)) => arrival > out_at,
+            _ => false,
+        };
+        match &memory.supply_risk_alert {
+            None if late && matches!(event, SupplyEvent::SupplierDelay { .. }) => {
+                let alert_id = format!("{sku}@{location}#supply#{now}");
+                memory.supply_risk_alert = Some(OpenAlert {
+                    alert_id: alert_id.clone(),
+                    opened_ms: now,
+                });
+                let severity = if a.probability >= c.critical_probability {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                };
+                out.push((AlertKind::SupplyRisk, severity, alert_id));
+            }
+            Some(open) if !late => {
+                out.push((AlertKind::Resolved, Severity::Info, open.alert_id.clone()));
+                memory.supply_risk_alert = None;
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+fn sku_location(e: &SupplyEvent) -> (String, String) {
+    match e {
+        SupplyEvent::Inventory { sku, location, .. }
+        | SupplyEvent::Shipment { sku, location, .. }
+        | SupplyEvent::SupplierDelay { sku, location, .. }
+        | SupplyEvent::Demand { sku, location, .. } => (sku.clone(), location.clone()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn alert(
+    key: &(String, String),
+    kind: AlertKind,
+    severity: Severity,
+    alert_id: String,
+    a: &Assessment,
+    memory: &SkuMemory,
+    levels: &[f64],
+    model: &ModelRef,
+    source: SourceRef,
+    event: &SupplyEvent,
+    emitted_at_ms: i64,
+) -> Alert {
+    debug_assert_eq!(levels.len(), a.demand_quantiles.len());
+    Alert {
+        alert_id,
+        kind,
+        severity,
+        sku: key.0.clone(),
+        location: key.1.clone(),
+        probability: (a.probability * 1e4).round() / 1e4,
+        expected_stockout_ms: a.expected_stockout_ms,
+        evidence: Evidence {
+            on_hand: memory.on_hand,
+            inbound: memory.inbound_total(),
+            next_arrival_ms: a.next_arrival_ms,
+            forecast_quantiles: a
+                .demand_quantiles
+                .iter()
+                .map(|(level, v)| {
+                    (
+                        format!("p{:02}", (level * 100.0).round() as i64),
+                        (v * 10.0).round() / 10.0,
+                    )
+                })
+                .collect(),
+            horizon_hours: (a.horizon_hours * 10.0).round() / 10.0,
+        },
+        suggested_reorder_qty: a.suggested_reorder_qty,
+        model: model.clone(),
+        source,
+        event_timestamp_ms: supply::event_timestamp(event),
+        emitted_at_ms,
+    }
+}
