@@ -9,7 +9,9 @@
 //! - Replenishment: each SKU × location reviews its stock once a week on its own weekday and, below
 //!   its reorder level, orders up to its order-up-to level: the planner's own rule of thumb on the
 //!   last four weeks of sales, with a per-SKU safety factor drawn from 0.6–1.4 (planners are not all
-//!   equally careful), so some positions run out and some never do.
+//!   equally careful), so some positions run out and some never do. Deliveries carry at most what
+//!   the plant has made: SupplyGraph's real daily production of the product, in the position's
+//!   share, less what earlier deliveries took; a delivery finding nothing made comes a day later.
 //! - Lead times and delays: each order's lead time is a per-SKU base of 3–10 days; its delay is
 //!   drawn from the real USAID SCMS delivery history (delivered minus scheduled date, in days; early
 //!   deliveries count as on time). A late order is announced by a `supplier_delay` two days before
@@ -98,35 +100,50 @@ impl Rng {
 /// SupplyGraph's products with their daily sales orders and their plant × storage locations.
 pub struct SupplyGraph {
     pub products: Vec<String>,
-    /// demand[p][day], units.
+    /// demand[p][day], units (sales orders).
     pub demand: Vec<Vec<f64>>,
+    /// production[p][day], units: what the plant makes, and so what replenishment can deliver.
+    pub production: Vec<Vec<f64>>,
     pub locations: BTreeMap<String, Vec<String>>,
 }
 
-pub fn load_supplygraph(dir: &Path) -> anyhow::Result<SupplyGraph> {
-    let sales = dir.join("Temporal_Data/Unit/Sales_Order.csv");
-    let text = std::fs::read_to_string(&sales).with_context(|| {
+/// One of SupplyGraph's daily unit series: (product names, series[product][day]).
+fn load_series(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<f64>>)> {
+    let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read {} (SupplyGraph's homogeneous/ folder expected)",
-            sales.display()
+            path.display()
         )
     })?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
     let products: Vec<String> = header[1..].iter().map(|s| s.trim().to_string()).collect();
-    let mut demand = vec![Vec::new(); products.len()];
+    let mut series = vec![Vec::new(); products.len()];
     for line in lines.filter(|l| !l.trim().is_empty()) {
         let cells: Vec<&str> = line.split(',').collect();
-        for (p, series) in demand.iter_mut().enumerate() {
+        for (p, values) in series.iter_mut().enumerate() {
             let v = cells.get(p + 1).map(|c| c.trim()).unwrap_or("");
-            series.push(if v.is_empty() {
+            values.push(if v.is_empty() {
                 0.0
             } else {
                 v.parse::<f64>()
-                    .with_context(|| format!("{}: `{v}`", sales.display()))?
+                    .with_context(|| format!("{}: `{v}`", path.display()))?
                     .max(0.0)
             });
         }
+    }
+    Ok((products, series))
+}
+
+pub fn load_supplygraph(dir: &Path) -> anyhow::Result<SupplyGraph> {
+    let (products, demand) = load_series(&dir.join("Temporal_Data/Unit/Sales_Order.csv"))?;
+    let production_path = dir.join("Temporal_Data/Unit/Production.csv");
+    let (made, production) = load_series(&production_path)?;
+    if made != products {
+        bail!(
+            "{}: its products differ from the sales orders'",
+            production_path.display()
+        );
     }
     let nodes = dir.join("Nodes/Nodes_Type_Plant_Storage.csv");
     let text = std::fs::read_to_string(&nodes)
@@ -147,6 +164,7 @@ pub fn load_supplygraph(dir: &Path) -> anyhow::Result<SupplyGraph> {
     Ok(SupplyGraph {
         products,
         demand,
+        production,
         locations,
     })
 }
@@ -305,6 +323,8 @@ pub fn simulate(
         let mut served_history: Vec<f64> = Vec::new();
         let mut orders: Vec<Order> = Vec::new();
         let mut open: Option<Stockout> = None;
+        // Production not yet shipped to this position (units), starting with two weeks' worth.
+        let mut made: f64 = graph.production[p].iter().take(14).sum::<f64>() * share;
         for (day, &wanted_units) in demand.iter().enumerate() {
             let t0 = START_MS + day as i64 * DAY_MS;
             let mut day_events: Vec<SimEvent> = Vec::new();
@@ -321,12 +341,23 @@ pub fn simulate(
                     is_purchase,
                 });
             };
-            // Deliveries arrive in the morning.
+            // The plant's real production, this position's share of it, is what deliveries can carry.
+            made += graph.production[p].get(day).copied().unwrap_or(0.0) * share;
+            // Deliveries arrive in the morning, short when production fell behind (the rest is
+            // cancelled); with nothing made yet the truck comes a day later, unannounced.
+            for o in orders
+                .iter_mut()
+                .filter(|o| o.arrival_day == day && made < 1.0)
+            {
+                o.arrival_day += 1;
+            }
             orders.retain(|o| {
                 if o.arrival_day == day {
-                    on_hand += o.quantity;
+                    let quantity = o.quantity.min(made.floor() as i64);
+                    made -= quantity as f64;
+                    on_hand += quantity;
                     push(&mut day_events, t0 + 7 * 3_600_000, &key, json!({"event_type": "shipment", "shipment_id": o.id, "sku": sku, "location": location,
-                        "quantity": o.quantity, "direction": "inbound", "status": "delivered",
+                        "quantity": quantity, "direction": "inbound", "status": "delivered",
                         "expected_arrival_ms": START_MS + o.due_day as i64 * DAY_MS + 12 * 3_600_000, "timestamp_ms": t0 + 7 * 3_600_000}), false);
                     false
                 } else {
@@ -495,6 +526,14 @@ mod tests {
                     }
                 })
                 .collect()],
+            // Production stops every Sunday and runs short of demand in weeks 4 and 5.
+            production: vec![(0..60)
+                .map(|d| match d {
+                    _ if d % 7 == 6 => 0.0,
+                    21..=34 => 5.0,
+                    _ => 26.0,
+                })
+                .collect()],
             locations: [("P".to_string(), vec!["plant-1/sl-1".to_string()])]
                 .into_iter()
                 .collect(),
@@ -531,6 +570,24 @@ mod tests {
                 _ => {}
             }
         }
+        // Deliveries never carry more than the plant made (plus its two weeks of opening stock).
+        let delivered: i64 = a
+            .events
+            .iter()
+            .filter(|e| e.payload.contains("\"delivered\""))
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.payload).unwrap()["quantity"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .sum();
+        let production = &graph.production[0];
+        let made: f64 = production.iter().sum::<f64>() + production.iter().take(14).sum::<f64>();
+        assert!(delivered as f64 <= made, "{delivered} > {made}");
+        assert!(
+            !a.stockouts.is_empty(),
+            "the production shortfall runs the shelf empty"
+        );
         assert!(a
             .events
             .windows(2)
