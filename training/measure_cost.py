@@ -25,6 +25,7 @@ def main():
         else:
             cost = cost_per_event(directory, manifest["step"]["state"], manifest["window"], manifest["n_items"])
         metrics["cpu_cost"] = cost
+        metrics["cpu_cost_measured_by"] = "training/measure_cost.py"
         with open(path, "w") as f:
             json.dump(metrics, f, indent=2); f.write("\n")
         print(directory, cost, flush=True)

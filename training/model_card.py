@@ -42,6 +42,12 @@ def fmt(x, digits=4):
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def cost_origin(metrics):
+    if metrics.get("cpu_cost_measured_by"):
+        return "re-measured by `training/measure_cost.py` on an otherwise idle machine"
+    return "measured at the end of training, possibly while other work shared the machine"
+
+
 def data_description(manifest):
     data = manifest["training"]["data"]
     for key, text in DATA.items():
@@ -92,7 +98,7 @@ def recommender_card(m, r):
         f"{round(p['same_top10_share'] * p['users']):,} of {p['users']:,} users, largest score difference {p['max_abs_score_diff']:.1e}.",
         f"- CPU per event through onnxruntime on one thread: full {c['full_batch1_us_per_event']:,} µs at batch 1, "
         f"{c['full_batch256_us_per_event']:,} µs at batch 256; step {c['step_batch1_us_per_event']:,} µs at batch 1, "
-        f"{c['step_batch256_us_per_event']:,} µs at batch 256 (measured while other training shared the machine).",
+        f"{c['step_batch256_us_per_event']:,} µs at batch 256 ({cost_origin(r)}).",
     ]
     return "\n".join(lines)
 
@@ -148,7 +154,7 @@ def forecaster_card(m, r):
         f"largest difference {r['parity']['max_relative_diff']:.1e} relative to the series' largest quantile.",
         f"- CPU per forecast through onnxruntime on one thread: full {c['full_batch1_us_per_event']:,} µs at batch 1, "
         f"{c['full_batch256_us_per_event']:,} µs at batch 256; step {c['step_batch1_us_per_event']:,} µs at batch 1, "
-        f"{c['step_batch256_us_per_event']:,} µs at batch 256.",
+        f"{c['step_batch256_us_per_event']:,} µs at batch 256 ({cost_origin(r)}).",
     ]
     return "\n".join(lines)
 
