@@ -343,17 +343,41 @@ pub fn assess(
     let probability = exceedance(levels, &demand, stock);
 
     // Expected stockout: the first moment median demand exceeds stock plus arrivals due by then,
-    // searched hour by hour over the forecast horizon.
+    // searched hour by hour over the forecast horizon (only the median, without allocating: this
+    // runs for every supply-chain event).
+    let q = levels.len();
+    let median_at = |x: f64| -> f64 {
+        let whole = x.floor() as usize;
+        let at = |d: usize| {
+            if d == 0 {
+                0.0
+            } else {
+                forecast.quantiles[(d - 1) * q + mid] as f64
+            }
+        };
+        let v = if whole >= horizon {
+            at(horizon)
+        } else {
+            at(whole) + (at(whole + 1) - at(whole)) * (x - whole as f64)
+        };
+        (v - counted).max(0.0)
+    };
+    let mut arrivals: Vec<(i64, i64)> = memory
+        .inbound
+        .iter()
+        .map(|s| (s.expected_arrival_ms, s.quantity))
+        .collect();
+    arrivals.sort_unstable();
+    let (mut next, mut arrived) = (0, 0i64);
     let mut expected_stockout_ms = None;
     let mut t = now_ms;
     while t <= horizon_end_ms {
-        let arrived: i64 = memory
-            .inbound
-            .iter()
-            .filter(|s| s.expected_arrival_ms <= t)
-            .map(|s| s.quantity)
-            .sum();
-        if until(t)[mid] >= stock + arrived as f64 && until(t)[mid] > 0.0 {
+        while next < arrivals.len() && arrivals[next].0 <= t {
+            arrived += arrivals[next].1;
+            next += 1;
+        }
+        let need = median_at(x_of(t));
+        if need > 0.0 && need >= stock + arrived as f64 {
             expected_stockout_ms = Some(t);
             break;
         }
