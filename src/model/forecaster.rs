@@ -10,7 +10,11 @@ use std::path::Path;
 use ort::value::Tensor;
 use serde::Deserialize;
 
-use super::{init_runtime, open_graph, run_err, state, Graph, ModelError, StateSpec, UserState};
+use super::manifest::read_manifest;
+use super::{
+    init_runtime, open_graph, push_state_inputs, read_state_outputs, run_err, Graph, ModelError,
+    StateSpec, UserState,
+};
 use crate::config::{ExecutionProvider, ModelConfig};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,14 +48,10 @@ impl ForecasterManifest {
             path: path.clone(),
             message,
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            err(format!(
-                "cannot be read ({e}); supply.forecaster must be a forecaster's model directory"
-            ))
-        })?;
-        let m: ForecasterManifest =
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
-                .map_err(|e| err(format!("field `{}`: {}", e.path(), e.inner())))?;
+        let m: ForecasterManifest = read_manifest(
+            &path,
+            "supply.forecaster must be a forecaster's model directory",
+        )?;
         if m.kind != "forecaster" {
             return Err(err(format!(
                 "kind `{}` is not a demand forecaster (expected \"forecaster\")",
@@ -146,13 +146,7 @@ impl Forecaster {
                     .into_dyn(),
             ),
         ];
-        for (n, s) in spec.state.iter().enumerate() {
-            let slices: Vec<&[f32]> = states.iter().map(|st| st[n].as_slice()).collect();
-            let mut shape = s.dims();
-            shape[s.batch_axis] = rows;
-            let tensor = Tensor::from_array((shape, state::gather(s, &slices))).map_err(run_err)?;
-            inputs.push((s.input.clone(), tensor.into_dyn()));
-        }
+        push_state_inputs(&spec.state, states, rows, &mut inputs)?;
         let outputs = self
             .graph
             .session
@@ -168,15 +162,7 @@ impl Forecaster {
             )));
         }
         let quantiles = q.chunks(per_row).map(|c| c.to_vec()).collect();
-        let mut new_states: Vec<UserState> = vec![Vec::with_capacity(spec.state.len()); rows];
-        for s in &spec.state {
-            let (_, batch) = outputs[s.output.as_str()]
-                .try_extract_tensor::<f32>()
-                .map_err(run_err)?;
-            for (row, slice) in state::scatter(s, batch, rows).into_iter().enumerate() {
-                new_states[row].push(slice);
-            }
-        }
+        let new_states = read_state_outputs(&spec.state, &outputs, rows)?;
         Ok((quantiles, new_states))
     }
 }

@@ -89,6 +89,22 @@ impl StateSpec {
     }
 }
 
+/// Reads and parses a `model.json`; errors name the file, and the field that does not parse.
+/// `hint` says what the directory should be when the file cannot be read.
+pub(super) fn read_manifest<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    hint: &str,
+) -> Result<T, ModelError> {
+    let err = |message: String| ModelError::Manifest {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err(format!("cannot be read ({e}); {hint}")))?;
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
+        .map_err(|e| err(format!("field `{}`: {}", e.path(), e.inner())))
+}
+
 fn default_model_file() -> String {
     "model.onnx".into()
 }
@@ -100,14 +116,10 @@ impl Manifest {
             path: path.clone(),
             message,
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            err(format!(
-                "cannot be read ({e}); model.path must be a directory with model.json, the ONNX file and the vocabulary"
-            ))
-        })?;
-        let manifest: Manifest =
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
-                .map_err(|e| err(format!("field `{}`: {}", e.path(), e.inner())))?;
+        let manifest: Manifest = read_manifest(
+            &path,
+            "model.path must be a directory with model.json, the ONNX file and the vocabulary",
+        )?;
         if manifest.kind != "full" {
             return Err(err(format!(
                 "kind `{}` is not supported by this version; supported: full",

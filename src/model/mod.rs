@@ -253,34 +253,12 @@ impl Model {
                 .map_err(run_err)?
                 .into_dyn(),
         ));
-        for (n, s) in spec.state.iter().enumerate() {
-            let slices: Vec<&[f32]> = states.iter().map(|st| st[n].as_slice()).collect();
-            let mut shape = s.dims();
-            shape[s.batch_axis] = rows;
-            let tensor = Tensor::from_array((shape, state::gather(s, &slices))).map_err(run_err)?;
-            inputs.push((s.input.clone(), tensor.into_dyn()));
-        }
+        push_state_inputs(&spec.state, states, rows, &mut inputs)?;
         let outputs = graph
             .session
             .run_with_options(inputs, &graph.run_options)
             .map_err(run_err)?;
-        let mut new_states: Vec<UserState> = vec![Vec::with_capacity(spec.state.len()); rows];
-        for s in &spec.state {
-            let (_, batch) = outputs[s.output.as_str()]
-                .try_extract_tensor::<f32>()
-                .map_err(run_err)?;
-            if batch.len() != rows * s.floats_per_user() {
-                return Err(run_err(format!(
-                    "state output `{}` has {} floats, expected {rows} × {}",
-                    s.output,
-                    batch.len(),
-                    s.floats_per_user()
-                )));
-            }
-            for (row, slice) in new_states.iter_mut().zip(state::scatter(s, batch, rows)) {
-                row.push(slice);
-            }
-        }
+        let new_states = read_state_outputs(&spec.state, &outputs, rows)?;
         let top = top_k(
             &self.manifest,
             &self.vocabulary,
@@ -291,6 +269,50 @@ impl Model {
         )?;
         Ok((top, new_states))
     }
+}
+
+/// Adds each state tensor of a batch to a step graph's inputs: the rows' per-user slices stacked
+/// along the spec's batch axis.
+fn push_state_inputs(
+    specs: &[StateSpec],
+    states: &[&[Vec<f32>]],
+    rows: usize,
+    inputs: &mut Vec<(String, ort::value::DynValue)>,
+) -> Result<(), ModelError> {
+    for (n, s) in specs.iter().enumerate() {
+        let slices: Vec<&[f32]> = states.iter().map(|st| st[n].as_slice()).collect();
+        let mut shape = s.dims();
+        shape[s.batch_axis] = rows;
+        let tensor = Tensor::from_array((shape, state::gather(s, &slices))).map_err(run_err)?;
+        inputs.push((s.input.clone(), tensor.into_dyn()));
+    }
+    Ok(())
+}
+
+/// Splits a step graph's state outputs back into one state per row.
+fn read_state_outputs(
+    specs: &[StateSpec],
+    outputs: &ort::session::SessionOutputs<'_>,
+    rows: usize,
+) -> Result<Vec<UserState>, ModelError> {
+    let mut new_states: Vec<UserState> = vec![Vec::with_capacity(specs.len()); rows];
+    for s in specs {
+        let (_, batch) = outputs[s.output.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(run_err)?;
+        if batch.len() != rows * s.floats_per_user() {
+            return Err(run_err(format!(
+                "state output `{}` has {} floats, expected {rows} × {}",
+                s.output,
+                batch.len(),
+                s.floats_per_user()
+            )));
+        }
+        for (row, slice) in new_states.iter_mut().zip(state::scatter(s, batch, rows)) {
+            row.push(slice);
+        }
+    }
+    Ok(new_states)
 }
 
 /// Reads `top_items`/`top_scores` [rows, candidates] and keeps the best `k` per row, leaving out the
