@@ -239,22 +239,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         if args.rate == 0 { "full speed".to_string() } else { args.rate.to_string() },
         if args.brokers.is_some() { broker.bootstrap.as_str() } else { "the embedded broker" },
     );
-    metrics::install();
-    let health = Arc::new(Health::default());
-    let stop = Shutdown::new();
-    let stats = Arc::new(RunStats::default());
-    let daemon = {
-        let (config, health, stop, stats) =
-            (config.clone(), health.clone(), stop.clone(), stats.clone());
-        std::thread::Builder::new()
-            .name("pipeline".into())
-            .spawn(move || pipeline::run(&config, health, stop, stats))?
-    };
-    let outcome = drive(&args, &config, &events, &health, &stats, &daemon);
-    stop.trigger();
-    let pipeline_result = daemon
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
+    let daemon = InProcessDaemon::start(&config)?;
+    let outcome = drive(&args, &config, &events, &daemon);
+    let stats = daemon.stats.clone();
+    let pipeline_result = daemon.stop()?;
     let (produced, elapsed) = outcome?;
     pipeline_result?;
 
@@ -264,25 +252,74 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The daemon's pipeline on a thread of this process, for the commands that feed it a stream of
+/// their own (`demo`, `evaluate supply-chain`).
+pub struct InProcessDaemon {
+    pub health: Arc<Health>,
+    pub stats: Arc<RunStats>,
+    stop: Shutdown,
+    thread: std::thread::JoinHandle<Result<(), pipeline::PipelineError>>,
+}
+
+impl InProcessDaemon {
+    pub fn start(config: &Config) -> anyhow::Result<InProcessDaemon> {
+        metrics::install();
+        let health = Arc::new(Health::default());
+        let stop = Shutdown::new();
+        let stats = Arc::new(RunStats::default());
+        let thread = {
+            let (config, health, stop, stats) =
+                (config.clone(), health.clone(), stop.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("pipeline".into())
+                .spawn(move || pipeline::run(&config, health, stop, stats))?
+        };
+        Ok(InProcessDaemon {
+            health,
+            stats,
+            stop,
+            thread,
+        })
+    }
+
+    /// Waits until partitions are assigned (at most a minute); fails if the pipeline stops first.
+    pub fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.health.is_ready() {
+            if self.is_finished() || self.health.failed.load(Ordering::Relaxed) {
+                bail!("the daemon stopped during start-up (see the error above)");
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon was not ready after 60 s (no partitions assigned)");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Whether the pipeline has stopped (it only does on its own after an error).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Stops the pipeline after its batch in hand; returns how it ended.
+    pub fn stop(self) -> anyhow::Result<Result<(), pipeline::PipelineError>> {
+        self.stop.trigger();
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))
+    }
+}
+
 /// Waits for the daemon to be ready, streams the events, waits until all are processed.
 fn drive(
     args: &DemoArgs,
     config: &Config,
     events: &[ReplayEvent],
-    health: &Health,
-    stats: &RunStats,
-    daemon: &std::thread::JoinHandle<Result<(), pipeline::PipelineError>>,
+    daemon: &InProcessDaemon,
 ) -> anyhow::Result<(u64, Duration)> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !health.is_ready() {
-        if daemon.is_finished() || health.failed.load(Ordering::Relaxed) {
-            bail!("the daemon stopped during start-up (see the error above)");
-        }
-        if Instant::now() > deadline {
-            bail!("the daemon was not ready after 60 s (no partitions assigned)");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_ready()?;
+    let stats = &daemon.stats;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka.bootstrap_servers)
         .set("linger.ms", "5")

@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -29,9 +28,7 @@ use rdkafka::{ClientConfig, Message};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::metrics::{self, Health};
-use crate::pipeline::{self, RunStats};
-use crate::shutdown::Shutdown;
+use crate::demo::InProcessDaemon;
 use crate::simulate::{self, SimEvent, Simulation, Stockout};
 use crate::supply::DAY_MS;
 
@@ -348,22 +345,10 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         sim.stockouts.len(),
         if args.brokers.is_some() { bootstrap.as_str() } else { "the embedded broker" }
     );
-    metrics::install();
-    let health = Arc::new(Health::default());
-    let stop = Shutdown::new();
-    let stats = Arc::new(RunStats::default());
-    let daemon = {
-        let (config, health, stop, stats) =
-            (config.clone(), health.clone(), stop.clone(), stats.clone());
-        std::thread::Builder::new()
-            .name("pipeline".into())
-            .spawn(move || pipeline::run(&config, health, stop, stats))?
-    };
-    let replayed = replay(&config, &sim, args.unpaced, &health, &stats, &daemon);
-    stop.trigger();
-    let result = daemon
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
+    let daemon = InProcessDaemon::start(&config)?;
+    let replayed = replay(&config, &sim, args.unpaced, &daemon);
+    let stats = daemon.stats.clone();
+    let result = daemon.stop()?;
     let elapsed = replayed?;
     result?;
 
@@ -453,20 +438,10 @@ fn replay(
     config: &Config,
     sim: &Simulation,
     unpaced: bool,
-    health: &Health,
-    stats: &RunStats,
-    daemon: &std::thread::JoinHandle<Result<(), pipeline::PipelineError>>,
+    daemon: &InProcessDaemon,
 ) -> anyhow::Result<Duration> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !health.is_ready() {
-        if daemon.is_finished() || health.failed.load(Ordering::Relaxed) {
-            bail!("the daemon stopped during start-up (see the error above)");
-        }
-        if Instant::now() > deadline {
-            bail!("the daemon was not ready after 60 s (no partitions assigned)");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_ready()?;
+    let stats = &daemon.stats;
     let producer = producer(&config.kafka.bootstrap_servers)?;
     let topic = &config.topics.input[0];
     let started = Instant::now();
@@ -504,18 +479,13 @@ fn replay(
     }
     for day in 0..sim.days {
         let events: Vec<&SimEvent> = sim.events.iter().filter(|e| e.day == day).collect();
-        let first_purchase = events
+        // The day's purchases run from first to last; supply events before and after them frame them.
+        let (first_purchase, last_purchase) = events
             .iter()
             .filter(|e| e.is_purchase)
-            .map(|e| e.timestamp_ms)
-            .min()
-            .unwrap_or(i64::MAX);
-        let last_purchase = events
-            .iter()
-            .filter(|e| e.is_purchase)
-            .map(|e| e.timestamp_ms)
-            .max()
-            .unwrap_or(i64::MIN);
+            .fold((i64::MAX, i64::MIN), |(lo, hi), e| {
+                (lo.min(e.timestamp_ms), hi.max(e.timestamp_ms))
+            });
         let (before, rest): (Vec<&SimEvent>, Vec<&SimEvent>) = events
             .iter()
             .copied()
