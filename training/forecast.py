@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from longmem_train.accuracy import rmsse, wrmsse                        # noqa: E402
 from longmem_train.data import _sha256                                 # noqa: E402
-from longmem_train.export import session, share_weights                # noqa: E402
+from longmem_train.export import session, share_weights, us_per_row    # noqa: E402
 from longmem_train.forecaster import (DemandLSTM, ForecastFullGraph,   # noqa: E402
                                       ForecastStepGraph, calibrate, forecast_loss)
 
@@ -282,12 +282,7 @@ def cost_per_event(out_dir, state_spec, window, seconds=2.0):
         feeds = {"full": (full, {"demand": d, "day_of_week": w}),
                  "step": (step, {"demand": d[:, -1], "day_of_week": w[:, -1], **state})}
         for name, (sess, feed) in feeds.items():
-            sess.run(None, feed)
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                sess.run(None, feed)
-                n += b
-            result[f"{name}_batch{b}_us_per_event"] = round((time.perf_counter() - t0) / n * 1e6, 2)
+            result[f"{name}_batch{b}_us_per_event"] = us_per_row(sess, None, feed, b, seconds)
     return result
 
 

@@ -126,6 +126,16 @@ def parity(out_dir, state_spec, cases, window, step_history, k=10, batch=256):
     return {"users": len(users), "same_top10_share": same / len(users), "max_abs_score_diff": max_diff}
 
 
+def us_per_row(sess, outputs, feeds, rows, seconds):
+    """µs per batch row of `sess.run(outputs, feeds)`, after one warm-up run, over `seconds`."""
+    sess.run(outputs, feeds)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        sess.run(outputs, feeds)
+        n += rows
+    return round((time.perf_counter() - t0) / n * 1e6, 2)
+
+
 def cost_per_event(out_dir, state_spec, window, n_items, seconds=2.0):
     """µs per event through onnxruntime on one thread, for full and step at batch 1 and 256."""
     full = session(f"{out_dir}/model.onnx", 1)
@@ -142,10 +152,5 @@ def cost_per_event(out_dir, state_spec, window, n_items, seconds=2.0):
         feeds_step = {"item": x[:, -1], **state}
         for name, sess, feeds in (("full", full, feeds_full), ("step", step, feeds_step)):
             outs = ["top_items", "top_scores"] + ([s["output"] for s in state_spec] if name == "step" else [])
-            sess.run(outs, feeds)
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                sess.run(outs, feeds)
-                n += b
-            result[f"{name}_batch{b}_us_per_event"] = round((time.perf_counter() - t0) / n * 1e6, 2)
+            result[f"{name}_batch{b}_us_per_event"] = us_per_row(sess, outs, feeds, b, seconds)
     return result
