@@ -5,7 +5,8 @@
 //!   per product, split over up to three of the product's real plant × storage-location pairs
 //!   with shares drawn per seed. A day's demand is served from stock as it comes (a few `purchase`
 //!   events from distributors, each naming its location); demand that finds the shelf empty is
-//!   lost, as in a shop, and the day counts as a stockout in the ground truth.
+//!   lost, as in a shop. In the ground truth a stockout starts with the first lost sale and lasts
+//!   until stock is back on the shelf (a day without demand on an empty shelf does not end it).
 //! - Replenishment: each SKU × location reviews its stock once a week on its own weekday and, below
 //!   its reorder level, orders up to its order-up-to level: the planner's own rule of thumb on the
 //!   last four weeks of sales, with a per-SKU safety factor drawn from 0.6–1.4 (planners are not all
@@ -43,7 +44,8 @@ pub struct SimEvent {
     pub is_purchase: bool,
 }
 
-/// A stretch of consecutive days on which a SKU × location could not serve all of its demand.
+/// A stretch of days from a SKU × location's first lost sale until it has stock again; `last_day`
+/// is the last day a sale was lost.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stockout {
     pub sku: String,
@@ -434,7 +436,7 @@ pub fn simulate(
                         })
                     }
                 }
-            } else {
+            } else if on_hand > 0 {
                 stockouts.extend(open.take());
             }
             // Weekly review at the end of the day: order up to the target if below the reorder level.

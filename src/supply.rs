@@ -57,6 +57,10 @@ pub struct SkuMemory {
     /// The replenishment lead time this SKU × location's orders are planned with (expected arrival
     /// minus order time, averaged over its orders); `None` until an order is seen.
     pub lead_time_ms: Option<i64>,
+    /// The share of an order's quantity that its deliveries bring (delivered ÷ ordered, averaged
+    /// over its deliveries); `None` until one is seen (then taken as 1). Short deliveries, when the
+    /// supplier has not made enough, are what leave a shelf empty with an order on the way.
+    pub fill_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,7 +180,11 @@ impl SkuMemory {
                     }
                     (Direction::Inbound, ShipmentStatus::Delivered) => {
                         if let Some(i) = open {
-                            self.inbound.remove(i);
+                            let ordered = self.inbound.remove(i).quantity;
+                            if ordered > 0 {
+                                let fill = (*quantity as f64 / ordered as f64).clamp(0.0, 1.0);
+                                self.fill_rate = Some(0.75 * self.expected_fill() + 0.25 * fill);
+                            }
                         }
                         self.on_hand += quantity;
                     }
@@ -205,6 +213,11 @@ impl SkuMemory {
         true
     }
 
+    /// The share of an open order expected to arrive.
+    pub fn expected_fill(&self) -> f64 {
+        self.fill_rate.unwrap_or(1.0)
+    }
+
     pub fn inbound_total(&self) -> i64 {
         self.inbound.iter().map(|s| s.quantity).sum()
     }
@@ -226,12 +239,13 @@ pub fn event_timestamp(event: &SupplyEvent) -> i64 {
 /// What the forecast says about one SKU × location at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assessment {
-    /// P(demand until the next arrival, or for a lead time when nothing is on the way, exceeds
-    /// stock on hand).
+    /// P(stock runs out before an order placed now could arrive, or before the next arrival if
+    /// that is later): the largest P(demand until t > on hand + arrivals before t) over the
+    /// deliveries due in that window and its end.
     pub probability: f64,
     pub expected_stockout_ms: Option<i64>,
     pub next_arrival_ms: Option<i64>,
-    /// Hours from now to the next arrival (or one lead time).
+    /// Hours from now to the moment that risk is read at (a delivery's arrival or the window's end).
     pub horizon_hours: f64,
     /// Quantiles of the demand from now to then, by level.
     pub demand_quantiles: Vec<(f64, f64)>,
@@ -329,18 +343,44 @@ pub fn assess(
             .collect()
     };
 
-    // The risk window: until the next delivery; with none on the way, as long as an order placed
-    // now would take (the lead time its orders are planned with, else the configured one).
+    // The risk window: until an order placed now could arrive (the lead time this position's
+    // orders are planned with, else the configured one), or until the next delivery if that is
+    // later. Stock can run out before each delivery due in the window, or at its end: the risk is
+    // the largest of those exceedance probabilities, each against on-hand stock plus what has
+    // arrived by then (a small delivery does not end the risk).
     let next_arrival_ms = memory.next_arrival_ms();
     let lead_ms = memory
         .lead_time_ms
         .unwrap_or((policy.lead_time_days * DAY_MS as f64) as i64);
-    let end_ms = next_arrival_ms
-        .unwrap_or(now_ms + lead_ms)
-        .clamp(now_ms, horizon_end_ms.max(now_ms));
-    let demand = until(end_ms);
+    let clamp = |t: i64| t.clamp(now_ms, horizon_end_ms.max(now_ms));
+    let end_ms = clamp(next_arrival_ms.map_or(now_ms + lead_ms, |a| a.max(now_ms + lead_ms)));
     let stock = memory.on_hand as f64;
-    let probability = exceedance(levels, &demand, stock);
+    // Deliveries bring what this position's deliveries have been bringing, not always the order.
+    let fill = memory.expected_fill();
+    let mut arrivals: Vec<(i64, f64)> = memory
+        .inbound
+        .iter()
+        .map(|s| (s.expected_arrival_ms, s.quantity as f64 * fill))
+        .collect();
+    arrivals.sort_unstable_by_key(|&(at, _)| at);
+    let mut probability = 0.0f64;
+    let (mut demand, mut worst_ms) = (Vec::new(), end_ms);
+    let mut arrived_before = 0.0;
+    let checkpoints = arrivals
+        .iter()
+        .map(|&(at, quantity)| (clamp(at), quantity))
+        .filter(|&(at, _)| at < end_ms)
+        .chain(std::iter::once((end_ms, 0.0)));
+    for (at, quantity) in checkpoints {
+        let d = until(at);
+        let p = exceedance(levels, &d, stock + arrived_before);
+        if p > probability || demand.is_empty() {
+            probability = p;
+            demand = d;
+            worst_ms = at;
+        }
+        arrived_before += quantity;
+    }
 
     // Expected stockout: the first moment median demand exceeds stock plus arrivals due by then,
     // searched hour by hour over the forecast horizon (only the median, without allocating: this
@@ -362,13 +402,7 @@ pub fn assess(
         };
         (v - counted).max(0.0)
     };
-    let mut arrivals: Vec<(i64, i64)> = memory
-        .inbound
-        .iter()
-        .map(|s| (s.expected_arrival_ms, s.quantity))
-        .collect();
-    arrivals.sort_unstable();
-    let (mut next, mut arrived) = (0, 0i64);
+    let (mut next, mut arrived) = (0, 0.0);
     let mut expected_stockout_ms = None;
     let mut t = now_ms;
     while t <= horizon_end_ms {
@@ -377,7 +411,7 @@ pub fn assess(
             next += 1;
         }
         let need = median_at(x_of(t));
-        if need > 0.0 && need >= stock + arrived as f64 {
+        if need > 0.0 && need >= stock + arrived {
             expected_stockout_ms = Some(t);
             break;
         }
@@ -386,7 +420,7 @@ pub fn assess(
 
     let cover_ms = now_ms + lead_ms + (policy.review_days * DAY_MS as f64) as i64;
     let high = until(cover_ms)[levels.len() - 1];
-    let suggested_reorder_qty = (high - stock - memory.inbound_total() as f64)
+    let suggested_reorder_qty = (high - stock - memory.inbound_total() as f64 * fill)
         .ceil()
         .max(0.0) as i64;
 
@@ -394,7 +428,7 @@ pub fn assess(
         probability,
         expected_stockout_ms,
         next_arrival_ms,
-        horizon_hours: (end_ms - now_ms) as f64 / 3_600_000.0,
+        horizon_hours: (worst_ms - now_ms) as f64 / 3_600_000.0,
         demand_quantiles: levels.iter().copied().zip(demand).collect(),
         suggested_reorder_qty,
     })
@@ -511,9 +545,20 @@ mod tests {
         });
         assert_eq!(m.next_arrival_ms(), Some(1_500));
         assert_eq!(m.inbound[1].expected_arrival_ms, 2_000, "later ones stay");
-        m.apply(&shipment("a", 30, ShipmentStatus::Delivered, 1_500));
+        assert_eq!(m.expected_fill(), 1.0, "no delivery seen yet");
+        // "a" comes short: 12 of the 30 ordered; the fill rate moves a quarter of the way to 0.4.
+        m.apply(&shipment("a", 12, ShipmentStatus::Delivered, 1_500));
+        assert!(
+            (m.expected_fill() - 0.85).abs() < 1e-12,
+            "{:?}",
+            m.fill_rate
+        );
         m.apply(&shipment("b", 20, ShipmentStatus::Cancelled, 2_000));
-        assert_eq!((m.on_hand, m.inbound_total()), (80, 0));
+        assert_eq!((m.on_hand, m.inbound_total()), (62, 0));
+        assert!(
+            (m.expected_fill() - 0.85).abs() < 1e-12,
+            "a cancellation is not a delivery"
+        );
         // A stale count does not overwrite a newer one.
         m.apply(&SupplyEvent::Inventory {
             sku: "s".into(),
@@ -521,7 +566,7 @@ mod tests {
             on_hand: 1,
             timestamp_ms: 50,
         });
-        assert_eq!(m.on_hand, 80);
+        assert_eq!(m.on_hand, 62);
     }
 
     #[test]
@@ -574,7 +619,21 @@ mod tests {
         assert_eq!(a.expected_stockout_ms, None, "{a:?}");
         assert!((a.horizon_hours - 120.0).abs() < 1e-9);
         assert_eq!(a.suggested_reorder_qty, 0, "1.2 x 21 x 10 < 100 + 500");
+        // A delivery that brings too little does not end the risk: 60 on hand and 5 units in 5
+        // days last until day 6, before an order placed now could come (14 days).
+        m.on_hand = 60;
+        m.inbound[0].quantity = 5;
+        let a = assess(&m, &LEVELS, now, &policy).unwrap();
+        assert!(a.probability > 0.95, "{a:?}");
+        assert!((a.horizon_hours - 336.0).abs() < 1e-9, "{a:?}");
+        let out = a.expected_stockout_ms.unwrap();
+        assert!(
+            (out - (now + 6 * DAY_MS + DAY_MS / 2)).abs() <= DAY_MS / 24,
+            "{a:?}"
+        );
         // Demand already counted today uses up part of the first forecast day.
+        m.on_hand = 100;
+        m.inbound[0].quantity = 500;
         m.day_demand = 10.0;
         let a = assess(&m, &LEVELS, now + DAY_MS / 2, &policy).unwrap();
         let median = a.demand_quantiles[2].1;
