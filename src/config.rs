@@ -123,7 +123,7 @@ pub enum ExecutionProvider {
 
 /// Which graph answers events: `step` keeps the model's recurrent state or key/value cache in the
 /// store and costs one incremental step per event; `full` re-reads the recent-item window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelMode {
     /// `step` when the model directory has a step graph, else `full`.

@@ -206,12 +206,31 @@ fn create_topics(bootstrap: &str, config: &Config) -> anyhow::Result<()> {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(&args.config)?;
+    let config = Config::load(&args.config)?;
+    let titles = movielens_titles(&args.data);
+    print!("longmem demo: ");
+    let replay = replay_movielens(&args, config)?;
+    print_summary(&args, &replay, &titles);
+    Ok(())
+}
+
+/// A MovieLens-100k replay through the daemon: the stream, what the daemon answered (read back from
+/// the broker) and its running totals.
+pub struct Replay {
+    pub events: Vec<ReplayEvent>,
+    pub recommendations: Vec<Recommendation>,
+    pub stats: Arc<RunStats>,
+    pub produced: u64,
+    pub elapsed: Duration,
+}
+
+/// Streams MovieLens-100k (with `args.bad` broken messages) through an in-process daemon running
+/// `config` on the embedded broker or `args.brokers`, and reads its recommendations back.
+pub fn replay_movielens(args: &DemoArgs, mut config: Config) -> anyhow::Result<Replay> {
     let mut events = movielens_events(&args.data)?;
     if args.limit > 0 {
         events.truncate(args.limit);
     }
-    let titles = movielens_titles(&args.data);
     if args.brokers.is_some() {
         // A real broker may hold earlier runs' topics: this run gets topics of its own.
         let run = format!("demo-{}", crate::pipeline::now_ms() / 1000);
@@ -227,29 +246,43 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             *t = format!("{t}.{run}");
         }
     }
-    let broker = start_broker(&args, &config)?;
+    let broker = start_broker(args, &config)?;
     let store_dir = tempfile::Builder::new().prefix("longmem-demo-").tempdir()?;
     config.kafka.bootstrap_servers = broker.bootstrap.clone();
     config.kafka.group_id = format!("longmem-demo-{}", std::process::id());
     config.store.path = store_dir.path().to_path_buf();
 
     println!(
-        "longmem demo: {} MovieLens-100k ratings (rating ≥ 4 → purchase, else click) at {} events/s on {}",
+        "{} MovieLens-100k ratings (rating ≥ 4 → purchase, else click) at {} on {}, model {}",
         events.len(),
-        if args.rate == 0 { "full speed".to_string() } else { args.rate.to_string() },
-        if args.brokers.is_some() { broker.bootstrap.as_str() } else { "the embedded broker" },
+        if args.rate == 0 {
+            "full speed".to_string()
+        } else {
+            format!("{} events/s", args.rate)
+        },
+        if args.brokers.is_some() {
+            broker.bootstrap.as_str()
+        } else {
+            "the embedded broker"
+        },
+        config.model.path.display(),
     );
     let daemon = InProcessDaemon::start(&config)?;
-    let outcome = drive(&args, &config, &events, &daemon);
+    let outcome = drive(args, &config, &events, &daemon);
     let stats = daemon.stats.clone();
     let pipeline_result = daemon.stop()?;
     let (produced, elapsed) = outcome?;
     pipeline_result?;
 
     // Read what the daemon produced back from the broker.
-    let recs = read_recommendations(&broker.bootstrap, &config.topics.recommendations)?;
-    print_summary(&args, &stats, &recs, produced, elapsed, &events, &titles);
-    Ok(())
+    let recommendations = read_recommendations(&broker.bootstrap, &config.topics.recommendations)?;
+    Ok(Replay {
+        events,
+        recommendations,
+        stats,
+        produced,
+        elapsed,
+    })
 }
 
 /// The daemon's pipeline on a thread of this process, for the commands that feed it a stream of
@@ -475,15 +508,14 @@ fn read_recommendations(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Reco
     Ok(recs)
 }
 
-fn print_summary(
-    args: &DemoArgs,
-    stats: &RunStats,
-    recs: &[Recommendation],
-    produced: u64,
-    elapsed: Duration,
-    events: &[ReplayEvent],
-    titles: &HashMap<String, String>,
-) {
+fn print_summary(args: &DemoArgs, replay: &Replay, titles: &HashMap<String, String>) {
+    let Replay {
+        events,
+        recommendations: recs,
+        stats,
+        produced,
+        elapsed,
+    } = replay;
     let processed = stats.messages.load(Ordering::Relaxed);
     let busy = Duration::from_nanos(stats.busy_nanos.load(Ordering::Relaxed));
     println!();

@@ -4,7 +4,8 @@
 //! [`source`] (consumer) → [`batch`] (micro-batcher) → [`event`] (decode and validate) →
 //! [`memory`] (sled) → [`recommend`] with [`model`] (ONNX Runtime) → [`sink`] (producer), wired by [`pipeline`],
 //! configured by [`config`], observed through [`metrics`], stopped by [`shutdown`].
-//! [`demo`] runs the whole daemon on MovieLens-100k against an embedded broker.
+//! [`demo`] runs the whole daemon on MovieLens-100k against an embedded broker; [`stream_eval`]
+//! scores its live recommendations, [`evaluate`] its inventory alerts.
 
 pub mod batch;
 pub mod config;
@@ -21,4 +22,5 @@ pub mod shutdown;
 pub mod simulate;
 pub mod sink;
 pub mod source;
+pub mod stream_eval;
 pub mod supply;

@@ -46,7 +46,8 @@ enum Command {
         #[command(subcommand)]
         what: SimulateWhat,
     },
-    /// Replay a simulation through the daemon and score its output against the ground truth.
+    /// Replay real or simulated data through the daemon and score its live output.
+    #[command(alias = "eval")]
     Evaluate {
         #[command(subcommand)]
         what: EvaluateWhat,
@@ -63,6 +64,8 @@ enum SimulateWhat {
 enum EvaluateWhat {
     /// Inventory alerts against the simulation's stockouts, next to the reorder-point rule.
     SupplyChain(longmem::evaluate::EvaluateArgs),
+    /// HR@10 / NDCG@10 of the live recommendations on MovieLens-100k, next to the model card's.
+    Recommendations(longmem::stream_eval::RecommendationEvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -137,6 +140,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate {
             what: EvaluateWhat::SupplyChain(args),
         } => longmem::evaluate::run_evaluate(args),
+        Command::Evaluate {
+            what: EvaluateWhat::Recommendations(args),
+        } => longmem::stream_eval::run(args),
     }
 }
 

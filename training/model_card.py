@@ -91,6 +91,13 @@ def recommender_card(m, r):
         f"**{fmt(r['full']['ndcg@10'])}** | {fmt(r['popularity_full']['hr@10'])} | {fmt(r['popularity_full']['ndcg@10'])} |",
         f"| SASRec protocol, 100 sampled unseen negatives ({r['sampled']['users']:,} users) | **{fmt(r['sampled']['hr@10'])}** | "
         f"**{fmt(r['sampled']['ndcg@10'])}** | {fmt(r['popularity_sampled']['hr@10'])} | {fmt(r['popularity_sampled']['ndcg@10'])} |",
+    ]
+    if "full_recent" in r:
+        lines.append(
+            f"| full ranking, only the last {m['window']} items removed, as the daemon serves (`longmem eval` checks it live) | "
+            f"**{fmt(r['full_recent']['hr@10'])}** | **{fmt(r['full_recent']['ndcg@10'])}** | "
+            f"{fmt(r['popularity_full_recent']['hr@10'])} | {fmt(r['popularity_full_recent']['ndcg@10'])} |")
+    lines += [
         "",
         "## Parity and cost",
         "",

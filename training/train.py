@@ -130,7 +130,7 @@ def main():
         return full.run(["scores"], {"item_seq": x})[0]
 
     results = {}
-    for protocol in ("sampled", "full"):
+    for protocol in ("sampled", "full", "full_recent"):
         results[protocol] = evaluate(onnx_scores, test, ds.n_items, args.window, protocol)
         results[f"popularity_{protocol}"] = evaluate(popularity_scorer(train, ds.n_items), test, ds.n_items, args.window, protocol)
         print(protocol, results[protocol], "popularity", results[f"popularity_{protocol}"], flush=True)

@@ -3,6 +3,9 @@
 - `sampled`: the SASRec paper's protocol: the target ranked among 100 items drawn uniformly from
   those the user has not interacted with, on at most 10,000 sampled users.
 - `full`: the target ranked among all items, the user's already seen items removed.
+- `full_recent`: the same with only the items of the user's last `window` events removed: what the
+  daemon answers with `model.exclude_seen` (it remembers a bounded window, not the whole history),
+  and so the figure `longmem eval` checks its live output against.
 HR@10 is the share of targets ranked in the top 10; NDCG@10 gives 1/log2(rank + 2) to those.
 """
 import math
@@ -41,10 +44,11 @@ def evaluate(score, cases, n_items, window, protocol, seed=42, max_users=10_000,
                     if t not in seen:
                         cand.append(t)
                 ranks.append(int((s[cand] > s[target]).sum()))
-            elif protocol == "full":
+            elif protocol in ("full", "full_recent"):
                 s = s.copy()
                 s[0] = -np.inf
-                seen = [i for i in set(prefix) if i != target]
+                removed = prefix if protocol == "full" else prefix[-window:]
+                seen = [i for i in set(removed) if i != target]
                 s[seen] = -np.inf
                 ranks.append(int((s > s[target]).sum()))
             else:
