@@ -3,7 +3,7 @@ export ORT_DYLIB_PATH ?= $(CURDIR)/.tools/onnxruntime/libonnxruntime.so
 export LONGMEM_TANSU ?= $(CURDIR)/.tools/bin/tansu
 export LONGMEM_PROMTOOL ?= $(CURDIR)/.tools/bin/promtool
 
-.PHONY: demo test lint check-training tools models run
+.PHONY: demo test lint check-training tools models run bench
 
 ## demo: stream MovieLens-100k through the daemon on an embedded broker and print a summary
 demo: tools
@@ -24,6 +24,12 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features cuda -- -D warnings
+
+## bench: throughput, latency, CPU, RSS and the ceilings on tansu (results/bench/: JSON, Markdown, PNG)
+bench: tools
+	cargo run --release -- bench $(ARGS)
+	test -x .tools/plot/bin/python || (python3 -m venv .tools/plot && .tools/plot/bin/pip install -q matplotlib==3.11.2)
+	.tools/plot/bin/python scripts/plot_bench.py results/bench/bench.json
 
 ## run: the daemon with config/default.toml (needs a Kafka at kafka.bootstrap_servers)
 run: tools

@@ -174,7 +174,7 @@ fn start_broker(args: &DemoArgs, config: &Config) -> anyhow::Result<Broker> {
 }
 
 /// Creates the demo's topics on a real broker; topics that already exist are kept as they are.
-fn create_topics(bootstrap: &str, config: &Config) -> anyhow::Result<()> {
+pub(crate) fn create_topics(bootstrap: &str, config: &Config) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
@@ -430,7 +430,7 @@ fn drive(
     Ok((total, elapsed))
 }
 
-fn send(
+pub(crate) fn send(
     producer: &FutureProducer,
     topic: &str,
     key: Option<&[u8]>,

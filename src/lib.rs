@@ -8,6 +8,7 @@
 //! scores its live recommendations, [`evaluate`] its inventory alerts.
 
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod evaluate;

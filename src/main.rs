@@ -41,6 +41,8 @@ enum Command {
     },
     /// Stream MovieLens-100k through the daemon on an embedded broker and print a summary.
     Demo(longmem::demo::DemoArgs),
+    /// Throughput, latency, CPU and memory on a real broker, next to the ceilings measured in the same run.
+    Bench(longmem::bench::BenchArgs),
     /// Write a simulated event stream driven by real data, with its ground truth.
     Simulate {
         #[command(subcommand)]
@@ -134,6 +136,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo(args) => longmem::demo::run(args),
+        Command::Bench(args) => longmem::bench::run(args),
         Command::Simulate {
             what: SimulateWhat::SupplyChain(args),
         } => longmem::evaluate::run_simulate(args),

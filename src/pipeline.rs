@@ -63,6 +63,8 @@ pub fn now_ms() -> i64 {
 #[derive(Default)]
 pub struct RunStats {
     pub messages: AtomicU64,
+    /// Micro-batches processed (messages / batches = the mean batch size).
+    pub batches: AtomicU64,
     pub recommendations: AtomicU64,
     pub dead_letters: AtomicU64,
     /// Nanoseconds spent processing batches (not waiting for input).
@@ -104,6 +106,11 @@ impl RunStats {
             hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds")
         });
         let _ = h.record(micros.clamp(1, 3_600_000_000));
+    }
+
+    /// The end-to-end latency histogram so far (microseconds), starting a new one.
+    pub fn take_latency(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        self.latency_us.lock().expect("latency lock").take()
     }
 
     /// (p50, p99) end-to-end latency in milliseconds, if any output was acknowledged.
@@ -213,6 +220,7 @@ fn run_inner(
             stats
                 .busy_nanos
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
         }
         if last_gauges.elapsed() > Duration::from_secs(1) {
             metrics::record_store_size(store.size_on_disk());
