@@ -15,9 +15,11 @@ test: tools lint check-training
 	# The CUDA build on a machine without a GPU: refuses to start, or falls back when allowed.
 	cargo test --features cuda --lib model
 
-## check-training: the forecast-accuracy code against the official M5 figures (numpy only)
+## check-training: the forecast-accuracy code against the official M5 figures (numpy only); also
+## installs kubernetes-validate there for tests/operations.rs
 check-training:
-	test -x .tools/checks/bin/python || (python3 -m venv .tools/checks && .tools/checks/bin/pip install -q numpy==2.4.6)
+	test -x .tools/checks/bin/python || python3 -m venv .tools/checks
+	test -x .tools/checks/bin/kubernetes-validate || .tools/checks/bin/pip install -q numpy==2.4.6 kubernetes-validate==1.37.0
 	.tools/checks/bin/python -m unittest discover -s training/tests
 
 lint:

@@ -98,6 +98,7 @@ pub struct ModelRun {
     pub mean_batch: f64,
     pub busy_seconds_by_stage: Vec<(String, f64)>,
     pub latency: Vec<LatencyPhase>,
+    /// The daemon's peak resident memory: the process's peak less the benchmark's own share.
     pub peak_rss_bytes: u64,
     pub store_bytes_per_user: f64,
     pub state_bytes_per_user: usize,
@@ -312,6 +313,18 @@ fn peak_rss() -> u64 {
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Current resident set (VmRSS), in bytes.
+fn current_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
@@ -626,7 +639,10 @@ fn measure(
 
     let store_dir = tempfile::tempdir()?;
     config.store.path = store_dir.path().to_path_buf();
+    // The daemon's share of the process: the peak over the run less what the benchmark itself
+    // held when the daemon started (the workload, the producer, the model loaded for the ceiling).
     reset_peak_rss();
+    let before_daemon = current_rss();
     let daemon = InProcessDaemon::start(&config)?;
     let result = (|| -> anyhow::Result<(f64, f64, f64, Vec<LatencyPhase>)> {
         daemon.wait_ready()?;
@@ -685,7 +701,7 @@ fn measure(
     let stopped = daemon.stop()?;
     let (peak, cpu_per_million, mean_batch, latency) = result?;
     stopped?;
-    let peak_rss_bytes = peak_rss();
+    let peak_rss_bytes = peak_rss().saturating_sub(before_daemon);
     let store = Store::open(&config.store.path, config.store.cache_bytes)?;
     let store_bytes_per_user = store.size_on_disk() as f64 / users.max(1) as f64;
     drop(store);
@@ -740,7 +756,7 @@ fn markdown(r: &Report) -> String {
         "Passthrough ceiling (the daemon's consumer and producer, no state or model): {:.0} events/s\n\n",
         r.passthrough_per_s
     ));
-    s.push_str("| model | mode | events/s | of passthrough | of model alone (mean batch) | of store alone | mean batch | CPU s / M events | peak RSS | store B/user | state B/user |\n");
+    s.push_str("| model | mode | events/s | of passthrough | of model alone (mean batch) | of store alone | mean batch | CPU s / M events | daemon peak RSS | store B/user | state B/user |\n");
     s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for run in &r.runs {
         s.push_str(&format!(

@@ -142,6 +142,7 @@ impl StoreBatch {
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    path: std::path::PathBuf,
 }
 
 impl Store {
@@ -173,7 +174,11 @@ impl Store {
             }
         };
         let tree = db.open_tree("longmem")?;
-        Ok(Store { db, tree })
+        Ok(Store {
+            db,
+            tree,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn user(&self, user_id: &str) -> Result<Option<UserMemory>, StoreError> {
@@ -239,6 +244,18 @@ impl Store {
         self.tree.apply_batch(b)?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// (size, available bytes) of the filesystem the store lives on, for the disk-space alert.
+    pub fn volume(&self) -> Option<(u64, u64)> {
+        let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: statvfs only writes the struct it is given; `path` is NUL-terminated.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return None;
+        }
+        let block = stat.f_frsize as u64;
+        Some((stat.f_blocks as u64 * block, stat.f_bavail as u64 * block))
     }
 
     /// Bytes the store occupies on disk.

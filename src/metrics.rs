@@ -35,6 +35,8 @@ pub const END_TO_END: &str = "longmem_end_to_end_latency_seconds";
 pub const CONSUMER_LAG: &str = "longmem_consumer_lag_messages";
 pub const ASSIGNED_PARTITIONS: &str = "longmem_assigned_partitions";
 pub const STORE_SIZE: &str = "longmem_store_size_bytes";
+pub const STORE_VOLUME_SIZE: &str = "longmem_store_volume_size_bytes";
+pub const STORE_VOLUME_AVAILABLE: &str = "longmem_store_volume_available_bytes";
 pub const ALERTS: &str = "longmem_alerts_produced_total";
 pub const DEMAND_FORWARDED: &str = "longmem_demand_records_forwarded_total";
 pub const DEMAND_DUPLICATES: &str = "longmem_demand_records_duplicate_total";
@@ -80,6 +82,15 @@ pub fn install() -> PrometheusHandle {
             }
             for k in AlertKind::ALL {
                 counter!(ALERTS, "kind" => k.as_str()).absolute(0);
+            }
+            for c in [
+                RECOMMENDATIONS,
+                DEAD_LETTERS,
+                PRODUCE_RETRIES,
+                DEMAND_FORWARDED,
+                DEMAND_DUPLICATES,
+            ] {
+                counter!(c).absolute(0);
             }
             handle
         })
@@ -154,6 +165,16 @@ fn describe() {
         "Input partitions assigned to this instance."
     );
     describe_gauge!(STORE_SIZE, Unit::Bytes, "Size of the sled store on disk.");
+    describe_gauge!(
+        STORE_VOLUME_SIZE,
+        Unit::Bytes,
+        "Size of the filesystem the store lives on."
+    );
+    describe_gauge!(
+        STORE_VOLUME_AVAILABLE,
+        Unit::Bytes,
+        "Bytes still available to longmem on the store's filesystem."
+    );
     describe_gauge!(
         MODEL_INFO,
         "The loaded model: always 1, with its name and version as labels."
@@ -247,8 +268,12 @@ pub fn record_assigned(partitions: usize) {
     gauge!(ASSIGNED_PARTITIONS).set(partitions as f64);
 }
 
-pub fn record_store_size(bytes: u64) {
-    gauge!(STORE_SIZE).set(bytes as f64);
+pub fn record_store(store: &crate::memory::Store) {
+    gauge!(STORE_SIZE).set(store.size_on_disk() as f64);
+    if let Some((size, available)) = store.volume() {
+        gauge!(STORE_VOLUME_SIZE).set(size as f64);
+        gauge!(STORE_VOLUME_AVAILABLE).set(available as f64);
+    }
 }
 
 pub fn record_model(name: &str, version: &str, provider: &str) {

@@ -183,7 +183,7 @@ fn run_inner(
     health.model_loaded.store(true, Ordering::Relaxed);
 
     let store = Store::open(&config.store.path, config.store.cache_bytes)?;
-    metrics::record_store_size(store.size_on_disk());
+    metrics::record_store(&store);
     let sink = Sink::new(config)?;
     let source = Source::new(config, store.clone(), health.clone())?;
     let mut worker = Worker {
@@ -223,13 +223,13 @@ fn run_inner(
             stats.batches.fetch_add(1, Ordering::Relaxed);
         }
         if last_gauges.elapsed() > Duration::from_secs(1) {
-            metrics::record_store_size(store.size_on_disk());
+            metrics::record_store(&store);
             last_gauges = Instant::now();
         }
     };
     source.close();
     sink.flush(Duration::from_secs(5));
-    metrics::record_store_size(store.size_on_disk());
+    metrics::record_store(&store);
     health.assigned_partitions.store(0, Ordering::Relaxed);
     outcome
 }
