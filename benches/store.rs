@@ -5,6 +5,8 @@
 //! `--state-floats N` adds a step model's state of N float32 per user (SASRec-ml100k: 6,168;
 //! the memory model: 1,159; GRU4Rec d=64: 64).
 //!
+//! It also prints the peak resident memory, to compare with the configured 64 MiB cache.
+//!
 //!     cargo bench --bench store -- [users] [--state-floats N]
 
 use std::time::Instant;
@@ -76,6 +78,15 @@ fn main() {
     }
     store.commit(&batch).unwrap();
     let elapsed = started.elapsed().as_secs_f64();
+    // Resident memory at its peak: the store's cache is 64 MiB, so much more is sled's own overhead.
+    let peak_rss_kb: u64 = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
     let encoded = postcard::to_allocvec(&store.user("user-0").unwrap().unwrap())
         .unwrap()
         .len();
@@ -94,5 +105,9 @@ fn main() {
     println!(
         "write rate                 {:.0} users/s in batches of 256 (atomic batch + flush)",
         users as f64 / elapsed
+    );
+    println!(
+        "peak RSS                   {:.0} MiB while writing (sled cache_capacity 64 MiB)",
+        peak_rss_kb as f64 / 1024.0
     );
 }
