@@ -28,10 +28,11 @@ lint:
 	cargo clippy --all-targets --features cuda -- -D warnings
 
 ## bench: throughput, latency, CPU, RSS and the ceilings on tansu (results/bench/: JSON, Markdown, PNG)
+BENCH_OUT ?= results/bench
 bench: tools
-	cargo run --release -- bench $(ARGS)
+	cargo run --release -- bench --out $(BENCH_OUT) $(ARGS)
 	test -x .tools/plot/bin/python || (python3 -m venv .tools/plot && .tools/plot/bin/pip install -q matplotlib==3.11.2)
-	.tools/plot/bin/python scripts/plot_bench.py results/bench/bench.json
+	.tools/plot/bin/python scripts/plot_bench.py $(BENCH_OUT)/bench.json
 
 ## run: the daemon with config/default.toml (needs a Kafka at kafka.bootstrap_servers)
 run: tools
