@@ -5,6 +5,7 @@
 #   .tools/bin/promtool                    Prometheus's checker, unpacked from Debian's `prometheus`
 #                                          package without installing it (no service is started)
 #   .tools/npm/node_modules/.bin/dockerfilelint   the Dockerfile linter, from npm
+#   .tools/npm/node_modules/@kubernetes-models/keda KEDA's CRD schemas (scripts/validate-keda.mjs)
 # Re-running is cheap: anything already present is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,15 +57,15 @@ if [ ! -x "$TOOLS/bin/promtool" ]; then
     cp "$TOOLS/dl/prometheus/usr/bin/promtool" "$TOOLS/bin/promtool"
   fi
 fi
-if [ ! -x "$TOOLS/npm/node_modules/.bin/dockerfilelint" ]; then
+if [ ! -x "$TOOLS/npm/node_modules/.bin/dockerfilelint" ] || [ ! -d "$TOOLS/npm/node_modules/@kubernetes-models/keda" ]; then
   if ! command -v npm >/dev/null; then
     sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
     echo "fetch-tools: installing npm from Debian"
     $sudo_cmd apt-get update -q >/dev/null
     $sudo_cmd apt-get install -y -q npm >/dev/null
   fi
-  echo "fetch-tools: installing dockerfilelint from npm"
-  npm install --silent --no-audit --no-fund --prefix "$TOOLS/npm" dockerfilelint@1.8.0 >/dev/null
+  echo "fetch-tools: installing dockerfilelint and KEDA's schemas from npm"
+  npm install --silent --no-audit --no-fund --prefix "$TOOLS/npm" dockerfilelint@1.8.0 @kubernetes-models/keda@2.0.0 >/dev/null
 fi
 rm -rf "$TOOLS/dl"
 echo "fetch-tools: ORT_DYLIB_PATH=$TOOLS/onnxruntime/libonnxruntime.so LONGMEM_TANSU=$TOOLS/bin/tansu LONGMEM_PROMTOOL=$TOOLS/bin/promtool"
