@@ -6,8 +6,10 @@
 //! the memory model: 1,159; GRU4Rec d=64: 64).
 //!
 //! It also prints the peak resident memory, to compare with the configured 64 MiB cache.
+//! `--rewrite` then reads, changes and writes back as many randomly chosen users (the daemon's
+//! pattern; the write rate printed is still the first pass's).
 //!
-//!     cargo bench --bench store -- [users] [--state-floats N]
+//!     cargo bench --bench store -- [users] [--state-floats N] [--rewrite]
 
 use std::time::Instant;
 
@@ -16,6 +18,7 @@ use longmem::memory::{ModelState, Store, StoreBatch, UserMemory};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let rewrite = args.iter().any(|a| a == "--rewrite");
     let state_floats: usize = args
         .iter()
         .position(|a| a == "--state-floats")
@@ -25,6 +28,7 @@ fn main() {
         .iter()
         .enumerate()
         .filter(|(i, _)| *i == 0 || args[i - 1] != "--state-floats")
+        .filter(|(_, a)| *a != "--rewrite")
         .find_map(|(_, a)| a.parse().ok())
         .unwrap_or(100_000);
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -78,6 +82,20 @@ fn main() {
     }
     store.commit(&batch).unwrap();
     let elapsed = started.elapsed().as_secs_f64();
+    if rewrite {
+        // Then as the daemon does: read a random user's record, change it, write it back.
+        for round in 0..users {
+            let u = (next() % users as u64) as usize;
+            let key = format!("user-{u}");
+            let mut m = store.user(&key).unwrap().unwrap_or_default();
+            m.clicks += 1;
+            batch.put_user(key, m);
+            if (round + 1) % 256 == 0 {
+                store.commit(&std::mem::take(&mut batch)).unwrap();
+            }
+        }
+        store.commit(&batch).unwrap();
+    }
     // Resident memory at its peak: the store's cache is 64 MiB, so much more is sled's own overhead.
     let peak_rss_kb: u64 = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -107,7 +125,7 @@ fn main() {
         users as f64 / elapsed
     );
     println!(
-        "peak RSS                   {:.0} MiB while writing (sled cache_capacity 64 MiB)",
+        "peak RSS                   {:.0} MiB (sled cache_capacity 64 MiB)",
         peak_rss_kb as f64 / 1024.0
     );
 }
