@@ -97,14 +97,7 @@ fn main() {
         store.commit(&batch).unwrap();
     }
     // Resident memory at its peak: the store's cache is 64 MiB, so much more is sled's own overhead.
-    let peak_rss_kb: u64 = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0);
+    let peak_rss = longmem::bench::process_status_bytes("VmHWM");
     let encoded = postcard::to_allocvec(&store.user("user-0").unwrap().unwrap())
         .unwrap()
         .len();
@@ -126,6 +119,6 @@ fn main() {
     );
     println!(
         "peak RSS                   {:.0} MiB (sled cache_capacity 64 MiB)",
-        peak_rss_kb as f64 / 1024.0
+        peak_rss as f64 / (1 << 20) as f64
     );
 }

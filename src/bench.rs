@@ -25,8 +25,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::producer::{FutureProducer, Producer};
-use rdkafka::ClientConfig;
 use serde::Serialize;
 
 use crate::config::{Config, ModelMode};
@@ -237,6 +235,14 @@ impl Workload {
         Ok(Workload { events })
     }
 
+    /// `count` (key, payload) messages from the `from`-th event on, wrapping around.
+    fn messages(&self, from: usize, count: usize) -> impl Iterator<Item = (Option<&str>, &[u8])> {
+        (0..count).map(move |i| {
+            let (user, payload) = &self.events[(from + i) % self.events.len()];
+            (Some(user.as_str()), payload.as_slice())
+        })
+    }
+
     fn distinct_users(&self) -> usize {
         let users: std::collections::HashSet<&str> =
             self.events.iter().map(|(u, _)| u.as_str()).collect();
@@ -254,49 +260,6 @@ fn bar(len: u64, msg: String) -> ProgressBar {
     bar
 }
 
-fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "500000")
-        .create()?)
-}
-
-/// Produces `events` to `topic`, at `rate` per second (0: as fast as possible), waiting for every
-/// acknowledgement.
-fn produce(
-    producer: &FutureProducer,
-    topic: &str,
-    events: impl Iterator<Item = (String, Vec<u8>)>,
-    rate: f64,
-    bar: &ProgressBar,
-) -> anyhow::Result<usize> {
-    let started = Instant::now();
-    let mut pending = Vec::new();
-    for (i, (key, payload)) in events.enumerate() {
-        if rate > 0.0 {
-            let due = Duration::from_secs_f64(i as f64 / rate);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        pending.push(demo::send(producer, topic, Some(key.as_bytes()), &payload)?);
-        if i % 1000 == 0 {
-            bar.set_position(i as u64);
-        }
-    }
-    let n = pending.len();
-    let _ = producer.flush(Duration::from_secs(60));
-    for d in futures::executor::block_on(futures::future::join_all(pending)) {
-        match d {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => bail!("producing a benchmark event failed: {e}"),
-            Err(_) => bail!("producing a benchmark event was canceled"),
-        }
-    }
-    Ok(n)
-}
-
 /// This process's user + system CPU seconds.
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage only writes the struct it is given.
@@ -308,24 +271,22 @@ fn cpu_seconds() -> f64 {
 
 /// Peak resident set (VmHWM) since the last [`reset_peak_rss`], in bytes.
 fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    process_status_bytes("VmHWM")
 }
 
 /// Current resident set (VmRSS), in bytes.
 fn current_rss() -> u64 {
+    process_status_bytes("VmRSS")
+}
+
+/// A kB field of /proc/self/status (`VmHWM`, `VmRSS`, ...) in bytes; 0 where there is none.
+pub fn process_status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
 }
@@ -339,14 +300,8 @@ fn reset_peak_rss() {
 fn fresh_topics(base: &Config, bootstrap: &str, label: &str) -> anyhow::Result<Config> {
     let mut config = base.clone();
     let run = format!("bench-{}-{label}", crate::pipeline::now_ms());
-    config.topics.input = vec![format!("{}.{run}", base.topics.input[0])];
-    for t in [
-        &mut config.topics.recommendations,
-        &mut config.topics.alerts,
-        &mut config.topics.dead_letter,
-    ] {
-        *t = format!("{t}.{run}");
-    }
+    config.topics.input.truncate(1);
+    config.topics.suffix_with(&run);
     config.kafka.bootstrap_servers = bootstrap.to_string();
     config.kafka.group_id = format!("longmem-{run}");
     config.supply.enabled = false;
@@ -380,15 +335,17 @@ fn wait_processed(
 /// (a) The daemon's own consumer and producer, copying each message to an output topic.
 fn passthrough(base: &Config, bootstrap: &str, workload: &Workload) -> anyhow::Result<f64> {
     let config = fresh_topics(base, bootstrap, "passthrough")?;
-    let producer = producer(bootstrap)?;
+    let producer = demo::producer(bootstrap)?;
     let n = workload.events.len();
     let b = bar(n as u64, "passthrough: preload".into());
-    produce(
+    let topic = &config.topics.input[0];
+    demo::produce_all(
         &producer,
-        &config.topics.input[0],
-        workload.events.iter().cloned(),
+        topic,
+        workload.messages(0, n),
         0.0,
         &b,
+        "benchmark event",
     )?;
     b.set_message("passthrough: copy");
     let dir = tempfile::tempdir()?;
@@ -631,10 +588,17 @@ fn measure(
     )
     .to_lowercase();
     let n = workload.events.len();
-    let producer = producer(bootstrap)?;
+    let producer = demo::producer(bootstrap)?;
     let topic = config.topics.input[0].clone();
     let b = bar(n as u64, format!("{label}: preload"));
-    produce(&producer, &topic, workload.events.iter().cloned(), 0.0, &b)?;
+    demo::produce_all(
+        &producer,
+        &topic,
+        workload.messages(0, n),
+        0.0,
+        &b,
+        "benchmark event",
+    )?;
     b.finish_and_clear();
 
     let store_dir = tempfile::tempdir()?;
@@ -670,8 +634,8 @@ fn measure(
                 format!("{label}: {:.0}% of peak", 100.0 * fraction),
             );
             let started = Instant::now();
-            let events = (0..count).map(|i| workload.events[(cursor + i) % n].clone());
-            produce(&producer, &topic, events, rate, &b)?;
+            let events = workload.messages(cursor, count);
+            demo::produce_all(&producer, &topic, events, rate, &b, "benchmark event")?;
             cursor += count;
             wait_processed(&daemon, before + count as u64, &b, Duration::from_secs(300))?;
             let sustained = count as f64 / started.elapsed().as_secs_f64();

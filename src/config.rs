@@ -83,6 +83,20 @@ pub struct TopicsConfig {
     pub dead_letter: String,
 }
 
+impl TopicsConfig {
+    /// Gives every topic a `.{run}` suffix: the commands that feed a broker themselves (demo,
+    /// evaluations, the benchmark) get topics of their own, apart from earlier runs'.
+    pub fn suffix_with(&mut self, run: &str) {
+        for t in self.input.iter_mut().chain([
+            &mut self.recommendations,
+            &mut self.alerts,
+            &mut self.dead_letter,
+        ]) {
+            *t = format!("{t}.{run}");
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {

@@ -234,17 +234,7 @@ pub fn replay_movielens(args: &DemoArgs, mut config: Config) -> anyhow::Result<R
     if args.brokers.is_some() {
         // A real broker may hold earlier runs' topics: this run gets topics of its own.
         let run = format!("demo-{}", crate::pipeline::now_ms() / 1000);
-        for t in config.topics.input.iter_mut() {
-            *t = format!("{t}.{run}");
-        }
-        let topics = &mut config.topics;
-        for t in [
-            &mut topics.recommendations,
-            &mut topics.alerts,
-            &mut topics.dead_letter,
-        ] {
-            *t = format!("{t}.{run}");
-        }
+        config.topics.suffix_with(&run);
     }
     let broker = start_broker(args, &config)?;
     let store_dir = tempfile::Builder::new().prefix("longmem-demo-").tempdir()?;
@@ -275,7 +265,7 @@ pub fn replay_movielens(args: &DemoArgs, mut config: Config) -> anyhow::Result<R
     pipeline_result?;
 
     // Read what the daemon produced back from the broker.
-    let recommendations = read_recommendations(&broker.bootstrap, &config.topics.recommendations)?;
+    let recommendations = read_topic(&broker.bootstrap, &config.topics.recommendations)?;
     Ok(Replay {
         events,
         recommendations,
@@ -353,11 +343,7 @@ fn drive(
 ) -> anyhow::Result<(u64, Duration)> {
     daemon.wait_ready()?;
     let stats = &daemon.stats;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "200000")
-        .create()?;
+    let producer = producer(&config.kafka.bootstrap_servers)?;
     // The stream: every event keyed by its user, with the broken messages spread evenly through it.
     let bad = match events.get(events.len() / 2) {
         Some(sample) => bad_messages(args.bad, sample),
@@ -382,33 +368,18 @@ fn drive(
     );
     bar.set_message("streaming");
     let started = Instant::now();
-    let topic = &config.topics.input[0];
-    let mut deliveries = Vec::with_capacity(stream.len());
-    for (i, (key, payload)) in stream.iter().enumerate() {
-        if args.rate > 0 {
-            let due = Duration::from_secs_f64(i as f64 / args.rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        deliveries.push(send(
-            &producer,
-            topic,
-            key.as_deref().map(str::as_bytes),
-            payload,
-        )?);
-        if i % 500 == 0 {
-            bar.set_position(i as u64);
-        }
-    }
-    let _ = producer.flush(Duration::from_secs(30));
-    for d in futures::executor::block_on(futures::future::join_all(deliveries)) {
-        match d {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => bail!("producing a demo event failed: {e}"),
-            Err(_) => bail!("producing a demo event was canceled"),
-        }
-    }
+    let messages = stream
+        .iter()
+        .map(|(key, payload)| (key.as_deref(), payload));
+    let rate = args.rate as f64;
+    produce_all(
+        &producer,
+        &config.topics.input[0],
+        messages,
+        rate,
+        &bar,
+        "demo event",
+    )?;
     bar.set_position(total);
     bar.set_message("processing");
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -430,11 +401,53 @@ fn drive(
     Ok((total, elapsed))
 }
 
+/// The producer the commands that feed a stream of their own use (not the daemon's: [`crate::sink`]).
+pub(crate) fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("queue.buffering.max.messages", "500000")
+        .create()?)
+}
+
+/// Produces `messages` (key, payload) to `topic`, at `rate` per second (0: as fast as possible), and
+/// waits until the broker acknowledged every one; `what` names them in errors. Returns how many.
+pub(crate) fn produce_all<K: AsRef<[u8]>, P: AsRef<[u8]>>(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: impl Iterator<Item = (Option<K>, P)>,
+    rate: f64,
+    bar: &ProgressBar,
+    what: &str,
+) -> anyhow::Result<usize> {
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for (i, (key, payload)) in messages.enumerate() {
+        if rate > 0.0 {
+            let due = Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let key = key.as_ref().map(|k| k.as_ref());
+        pending.push(send(producer, topic, key, payload.as_ref(), what)?);
+        if i % 1000 == 0 {
+            bar.set_position(i as u64);
+        }
+    }
+    let n = pending.len();
+    wait_delivered(producer, pending, what)?;
+    Ok(n)
+}
+
+/// Queues one message, waiting while the producer's local queue is full.
 pub(crate) fn send(
     producer: &FutureProducer,
     topic: &str,
     key: Option<&[u8]>,
     payload: &[u8],
+    what: &str,
 ) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
     let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
     if let Some(k) = key {
@@ -452,16 +465,37 @@ pub(crate) fn send(
                 record = r;
                 std::thread::sleep(Duration::from_millis(2));
             }
-            Err((e, _)) => bail!("producing a demo event failed: {e}"),
+            Err((e, _)) => bail!("producing a {what} failed: {e}"),
         }
     }
 }
 
-/// Reads a topic from the beginning to its end (the high watermarks when the read starts), all partitions.
-fn read_recommendations(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Recommendation>> {
+/// Waits until the broker acknowledged every delivery; the first failure is the error.
+pub(crate) fn wait_delivered(
+    producer: &FutureProducer,
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let _ = producer.flush(Duration::from_secs(60));
+    for d in futures::executor::block_on(futures::future::join_all(pending)) {
+        match d {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => bail!("producing a {what} failed: {e}"),
+            Err(_) => bail!("producing a {what} was canceled"),
+        }
+    }
+    Ok(())
+}
+
+/// Reads a topic from the beginning to its end (the high watermarks when the read starts), all
+/// partitions, keeping the messages that decode as `T`.
+pub(crate) fn read_topic<T: serde::de::DeserializeOwned>(
+    bootstrap: &str,
+    topic: &str,
+) -> anyhow::Result<Vec<T>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "longmem-demo-reader")
+        .set("group.id", "longmem-reader")
         .set("enable.auto.commit", "false")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;

@@ -20,15 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::demo::InProcessDaemon;
+use crate::demo::{self, InProcessDaemon};
 use crate::simulate::{self, SimEvent, Simulation, Stockout};
 use crate::supply::DAY_MS;
 
@@ -123,7 +120,7 @@ pub fn run_simulate(cmd: SimulateCommand) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&truth)?,
     )?;
     if let (Some(brokers), Some(topic)) = (&cmd.brokers, &cmd.topic) {
-        let producer = producer(brokers)?;
+        let producer = demo::producer(brokers)?;
         let mut pending = Vec::new();
         for (i, e) in sim.events.iter().enumerate() {
             pending.push(send(&producer, topic, e)?);
@@ -131,7 +128,7 @@ pub fn run_simulate(cmd: SimulateCommand) -> anyhow::Result<()> {
                 bar.set_position(i as u64);
             }
         }
-        wait_all(&producer, pending)?;
+        demo::wait_delivered(&producer, pending, "simulated event")?;
     }
     bar.finish_and_clear();
     println!(
@@ -301,20 +298,14 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         args.sim.seed,
         crate::pipeline::now_ms() / 1000
     );
-    config.topics.input = vec![format!("{}.{run}", config.topics.input[0])];
-    for t in [
-        &mut config.topics.recommendations,
-        &mut config.topics.alerts,
-        &mut config.topics.dead_letter,
-    ] {
-        *t = format!("{t}.{run}");
-    }
+    config.topics.input.truncate(1);
+    config.topics.suffix_with(&run);
     config.supply.demand_topic = None;
     config.supply.enabled = true;
     let _mock;
     let bootstrap = match &args.brokers {
         Some(b) => {
-            create_topics(b, &config)?;
+            demo::create_topics(b, &config)?;
             b.clone()
         }
         None => {
@@ -352,7 +343,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let elapsed = replayed?;
     result?;
 
-    let alerts = read_all(&bootstrap, &config.topics.alerts)?;
+    let alerts: Vec<serde_json::Value> = demo::read_topic(&bootstrap, &config.topics.alerts)?;
     let mut longmem: HashMap<(String, String), Vec<Episode>> = HashMap::new();
     let mut open: HashMap<String, ((String, String), i64)> = HashMap::new();
     for a in &alerts {
@@ -442,7 +433,7 @@ fn replay(
 ) -> anyhow::Result<Duration> {
     daemon.wait_ready()?;
     let stats = &daemon.stats;
-    let producer = producer(&config.kafka.bootstrap_servers)?;
+    let producer = demo::producer(&config.kafka.bootstrap_servers)?;
     let topic = &config.topics.input[0];
     let started = Instant::now();
     let bar = progress(sim.days as u64, "days");
@@ -467,7 +458,7 @@ fn replay(
             .iter()
             .map(|e| send(&producer, topic, e))
             .collect::<anyhow::Result<_>>()?;
-        wait_all(&producer, pending)?;
+        demo::wait_delivered(&producer, pending, "simulated event")?;
         let purchases = sim.events.iter().filter(|e| e.is_purchase).count() as u64;
         let expected = sim.events.len() as u64 + purchases;
         wait_until("the daemon to process the stream", &|| {
@@ -500,7 +491,7 @@ fn replay(
                 .iter()
                 .map(|e| send(&producer, topic, e))
                 .collect::<anyhow::Result<_>>()?;
-            wait_all(&producer, pending)?;
+            demo::wait_delivered(&producer, pending, "simulated event")?;
             sent += part.len() as u64;
             purchases += n_purchases;
             // Every message so far processed, forwarded demand included.
@@ -525,96 +516,16 @@ fn progress(len: u64, msg: &'static str) -> ProgressBar {
         .with_message(msg)
 }
 
-fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "2")
-        .set("enable.idempotence", "true")
-        .create()?)
-}
-
 fn send(
     producer: &FutureProducer,
     topic: &str,
     e: &SimEvent,
 ) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
-    let record = FutureRecord::<str, str>::to(topic)
-        .key(&e.key)
-        .payload(&e.payload);
-    producer
-        .send_result(record)
-        .map_err(|(e, _)| anyhow::anyhow!("producing a simulated event failed: {e}"))
-}
-
-fn wait_all(
-    producer: &FutureProducer,
-    pending: Vec<rdkafka::producer::DeliveryFuture>,
-) -> anyhow::Result<()> {
-    let _ = producer.flush(Duration::from_secs(30));
-    for d in futures::executor::block_on(futures::future::join_all(pending)) {
-        match d {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => bail!("producing a simulated event failed: {e}"),
-            Err(_) => bail!("producing a simulated event was canceled"),
-        }
-    }
-    Ok(())
-}
-
-fn create_topics(bootstrap: &str, config: &Config) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let topics = [
-        NewTopic::new(&config.topics.input[0], 8, TopicReplication::Fixed(1)),
-        NewTopic::new(
-            &config.topics.recommendations,
-            8,
-            TopicReplication::Fixed(1),
-        ),
-        NewTopic::new(&config.topics.alerts, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&config.topics.dead_letter, 1, TopicReplication::Fixed(1)),
-    ];
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in futures::executor::block_on(admin.create_topics(&topics, &options))? {
-        r.map_err(|(t, e)| anyhow::anyhow!("cannot create topic {t} on {bootstrap}: {e}"))?;
-    }
-    Ok(())
-}
-
-/// Every message of a topic, read until it has been quiet for two seconds.
-fn read_all(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "longmem-eval-reader")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for p in md
-        .topics()
-        .first()
-        .map(|t| t.partitions())
-        .unwrap_or_default()
-    {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let mut out = Vec::new();
-    let mut quiet = Instant::now();
-    while quiet.elapsed() < Duration::from_secs(2) {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                quiet = Instant::now();
-                if let Some(v) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
-                    out.push(v);
-                }
-            }
-            Some(Err(e)) => bail!("reading {topic} failed: {e}"),
-            None => {}
-        }
-    }
-    Ok(out)
+    demo::send(
+        producer,
+        topic,
+        Some(e.key.as_bytes()),
+        e.payload.as_bytes(),
+        "simulated event",
+    )
 }

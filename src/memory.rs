@@ -138,6 +138,13 @@ impl StoreBatch {
     }
 }
 
+fn encode<T: Serialize>(memory: &T, name: impl FnOnce() -> String) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(memory).map_err(|source| StoreError::Corrupt {
+        key: name(),
+        source,
+    })
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -182,27 +189,28 @@ impl Store {
     }
 
     pub fn user(&self, user_id: &str) -> Result<Option<UserMemory>, StoreError> {
-        match self.tree.get(user_key(user_id))? {
-            None => Ok(None),
-            Some(bytes) => {
-                postcard::from_bytes(&bytes)
-                    .map(Some)
-                    .map_err(|source| StoreError::Corrupt {
-                        key: format!("user {user_id}"),
-                        source,
-                    })
-            }
-        }
+        self.get(user_key(user_id), || format!("user {user_id}"))
     }
 
     pub fn sku(&self, sku: &str, location: &str) -> Result<Option<SkuMemory>, StoreError> {
-        match self.tree.get(sku_key(sku, location))? {
+        self.get(sku_key(sku, location), || {
+            format!("sku {sku} at {location}")
+        })
+    }
+
+    /// Reads and decodes one record; `name` says which, in the error.
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: Vec<u8>,
+        name: impl FnOnce() -> String,
+    ) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key)? {
             None => Ok(None),
             Some(bytes) => {
                 postcard::from_bytes(&bytes)
                     .map(Some)
                     .map_err(|source| StoreError::Corrupt {
-                        key: format!("sku {sku} at {location}"),
+                        key: name(),
                         source,
                     })
             }
@@ -222,17 +230,10 @@ impl Store {
     pub fn commit(&self, batch: &StoreBatch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for (user, memory) in &batch.users {
-            let bytes = postcard::to_allocvec(memory).map_err(|source| StoreError::Corrupt {
-                key: format!("user {user}"),
-                source,
-            })?;
-            b.insert(user_key(user), bytes);
+            b.insert(user_key(user), encode(memory, || format!("user {user}"))?);
         }
         for ((sku, location), memory) in &batch.skus {
-            let bytes = postcard::to_allocvec(memory).map_err(|source| StoreError::Corrupt {
-                key: format!("sku {sku} at {location}"),
-                source,
-            })?;
+            let bytes = encode(memory, || format!("sku {sku} at {location}"))?;
             b.insert(sku_key(sku, location), bytes);
         }
         for ((topic, partition), offset) in &batch.next_offsets {
