@@ -34,6 +34,7 @@ use crate::memory::{ModelState, Store, StoreBatch, UserMemory};
 use crate::metrics::Health;
 use crate::model::Model;
 use crate::shutdown::Shutdown;
+use crate::simulate::Rng;
 use crate::sink::{Output, Sink};
 use crate::source::Source;
 
@@ -165,23 +166,9 @@ pub struct Workload {
     pub events: Vec<(String, Vec<u8>)>,
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Draws from a cumulative weight table.
 fn draw(cumulative: &[u64], rng: &mut Rng) -> usize {
-    let x = rng.below(*cumulative.last().unwrap_or(&1));
+    let x = rng.next_u64() % cumulative.last().copied().unwrap_or(1).max(1);
     cumulative.partition_point(|&c| c <= x)
 }
 
@@ -198,7 +185,7 @@ impl Workload {
         items.sort_unstable();
         let mut activity: Vec<u64> = user_count.into_values().collect();
         activity.sort_unstable();
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(1);
         let mut running = 0;
         let item_cum: Vec<u64> = items
             .iter()
@@ -210,7 +197,7 @@ impl Workload {
         running = 0;
         let user_cum: Vec<u64> = (0..users)
             .map(|_| {
-                running += activity[rng.below(activity.len() as u64) as usize];
+                running += activity[rng.below(activity.len())];
                 running
             })
             .collect();
@@ -396,9 +383,9 @@ fn model_ceiling(
     batch: usize,
     seconds: f64,
 ) -> anyhow::Result<f64> {
-    let n_items = model.manifest.n_items as u64;
+    let n_items = model.manifest.n_items;
     let window = model.manifest.window;
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let started = Instant::now();
     let mut rows = 0usize;
     while started.elapsed().as_secs_f64() < seconds {
@@ -772,7 +759,7 @@ mod tests {
     #[test]
     fn draws_follow_the_weights() {
         let cumulative = [1, 1, 4, 10]; // weights 1, 0, 3, 6
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         let mut counts = [0usize; 4];
         for _ in 0..100_000 {
             counts[draw(&cumulative, &mut rng)] += 1;
