@@ -71,7 +71,8 @@ fn main() {
                 owner: "bench@1".into(),
                 tensors: vec![(0..state_floats)
                     .map(|_| (next() % 1000) as f32 / 1000.0)
-                    .collect()],
+                    .collect()]
+                .into(),
             });
         }
         batch.put_user(format!("user-{u}"), memory);

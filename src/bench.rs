@@ -27,10 +27,10 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::config::{Config, ModelMode};
+use crate::config::{Config, ModelMode, StatePrecision};
 use crate::demo::{self, InProcessDaemon};
 use crate::event::{EventType, UserEvent};
-use crate::memory::{ModelState, Store, StoreBatch, UserMemory};
+use crate::memory::{ModelState, StateTensors, Store, StoreBatch, UserMemory};
 use crate::metrics::Health;
 use crate::model::Model;
 use crate::shutdown::Shutdown;
@@ -413,11 +413,12 @@ fn model_ceiling(
 }
 
 /// (c) The store alone: each event's user record read, updated and written back with `state_floats`
-/// of model state, committed with offsets every `batch` events.
+/// of model state (stored at the daemon's precision), committed with offsets every `batch` events.
 fn store_ceiling(
     workload: &Workload,
     history_len: usize,
     state_floats: usize,
+    precision: StatePrecision,
     batch: usize,
     cache_bytes: u64,
 ) -> anyhow::Result<f64> {
@@ -448,7 +449,7 @@ fn store_ceiling(
             memory.apply(&event, history_len);
             memory.model_state = (state_floats > 0).then(|| ModelState {
                 owner: "bench@1".into(),
-                tensors: vec![vec![0.5; state_floats]],
+                tensors: StateTensors::encode(vec![vec![0.5; state_floats]], precision),
             });
         }
         for (user, memory) in memories {
@@ -668,6 +669,7 @@ fn measure(
         workload,
         config.store.history_len,
         state_floats,
+        config.store.state_precision,
         mean_batch.round().max(1.0) as usize,
         config.store.cache_bytes,
     )?;
@@ -682,7 +684,11 @@ fn measure(
         latency,
         peak_rss_bytes,
         store_bytes_per_user,
-        state_bytes_per_user: state_floats * 4,
+        state_bytes_per_user: StateTensors::encode(
+            vec![vec![0.0; state_floats]],
+            config.store.state_precision,
+        )
+        .bytes(),
         model_rows_per_s_at_mean_batch: at_mean,
         model_rows_per_s_at_256: at_256,
         store_events_per_s,

@@ -123,9 +123,23 @@ pub struct StoreConfig {
     /// Recent items kept per user; at least the model's window.
     #[serde(default = "default_history_len")]
     pub history_len: usize,
-    /// sled's page cache in bytes; RSS is bounded by this, not by the number of users.
+    /// sled's page cache in bytes. (RSS still grows with the number of users beyond it while
+    /// users' records are rewritten; docs/performance.md has the measurements.)
     #[serde(default = "default_cache_bytes")]
     pub cache_bytes: u64,
+    /// How step-model state is stored: `f16` halves the bytes per user (the model computes in
+    /// f32 either way; live quality matches the model card within the evaluation's 1%), `f32`
+    /// keeps it bit-exact.
+    #[serde(default)]
+    pub state_precision: StatePrecision,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatePrecision {
+    F32,
+    #[default]
+    F16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,11 +220,14 @@ pub struct SupplyConfig {
     /// `sku@location`, so that they land on the partition of that SKU × location's supply events.
     /// Must be one of `topics.input` (and the topic the supply events arrive on); default: the first.
     pub demand_topic: Option<String>,
-    /// A stockout-risk alert opens when the stockout probability reaches this...
+    /// A stockout-risk alert opens when the stockout probability reaches this (low: a warning
+    /// early enough to order, at the precision a reorder-point rule has; 0.5 gives fewer alerts,
+    /// about two days before the shelf empties)...
     pub open_probability: f64,
     /// ...is `critical` from this probability, or when the stockout is expected within a day...
     pub critical_probability: f64,
-    /// ...and resolves when the probability falls to this (hysteresis, so it does not flap).
+    /// ...and resolves when the probability falls to this (hysteresis, so it does not flap), or when
+    /// a delivery ends the shortage.
     pub resolve_probability: f64,
     /// Replenishment lead time and review period behind the suggested reorder quantity.
     pub lead_time_days: f64,
@@ -226,9 +243,9 @@ impl Default for SupplyConfig {
             enabled: true,
             forecaster: PathBuf::from("models/demand-supplygraph"),
             demand_topic: None,
-            open_probability: 0.5,
+            open_probability: 0.1,
             critical_probability: 0.8,
-            resolve_probability: 0.25,
+            resolve_probability: 0.03,
             lead_time_days: 7.0,
             review_days: 7.0,
             max_catch_up_days: 56,

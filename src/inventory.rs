@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::SupplyConfig;
-use crate::event::{Event, InMessage, ModelRef, SourceRef, SupplyEvent};
+use crate::event::{Direction, Event, InMessage, ModelRef, ShipmentStatus, SourceRef, SupplyEvent};
 use crate::memory::{ModelState, Store, StoreError};
 use crate::model::forecaster::Forecaster;
 use crate::model::ModelError;
@@ -196,7 +196,7 @@ impl Inventory {
                     } else if let Some(a) =
                         assess(memory, &levels, supply::event_timestamp(event), &policy)
                     {
-                        let raised = self.lifecycle(memory, event, &a);
+                        let raised = lifecycle(&self.config, memory, event, &a);
                         for (kind, severity, alert_id) in raised {
                             outcome.alerts.push((
                                 *i,
@@ -239,7 +239,7 @@ impl Inventory {
                     memory
                         .forecaster
                         .as_ref()
-                        .map(|s| s.tensors.clone())
+                        .map(|s| s.tensors.to_f32())
                         .unwrap_or_else(|| self.forecaster.empty_state()),
                 );
                 days.push(day);
@@ -252,7 +252,7 @@ impl Inventory {
                 let memory = memories.get_mut(&lanes[l].key).expect("loaded above");
                 memory.forecaster = Some(ModelState {
                     owner: owner.clone(),
-                    tensors: state,
+                    tensors: state.into(),
                 });
                 memory.forecast = Some(Forecast {
                     first_day: day + 1,
@@ -263,66 +263,88 @@ impl Inventory {
         outcome.memories = memories;
         Ok(outcome)
     }
+}
 
-    /// Opens and resolves this SKU × location's alerts after `event`; returns the alerts to emit.
-    fn lifecycle(
-        &self,
-        memory: &mut SkuMemory,
-        event: &SupplyEvent,
-        a: &Assessment,
-    ) -> Vec<(AlertKind, Severity, String)> {
-        let c = &self.config;
-        let now = supply::event_timestamp(event);
-        let (sku, location) = sku_location(event);
-        let mut out = Vec::new();
-        match &memory.stockout_alert {
-            None if a.probability >= c.open_probability => {
-                let imminent = a.expected_stockout_ms.is_some_and(|t| t - now <= DAY_MS);
-                let severity = if a.probability >= c.critical_probability || imminent {
-                    Severity::Critical
-                } else {
-                    Severity::Warning
-                };
-                let alert_id = format!("{sku}@{location}#stockout#{now}");
-                memory.stockout_alert = Some(OpenAlert {
-                    alert_id: alert_id.clone(),
-                    opened_ms: now,
-                });
-                out.push((AlertKind::StockoutRisk, severity, alert_id));
-            }
-            Some(open) if a.probability <= c.resolve_probability => {
-                out.push((AlertKind::Resolved, Severity::Info, open.alert_id.clone()));
-                memory.stockout_alert = None;
-            }
-            _ => {}
-        }
-        // The stock runs out before the next delivery arrives.
-        let late = match (a.expected_stockout_ms, a.next_arrival_ms) {
-            (Some(out_at), Some(arrival)) => arrival > out_at,
-            _ => false,
-        };
-        match &memory.supply_risk_alert {
-            None if late && matches!(event, SupplyEvent::SupplierDelay { .. }) => {
-                let alert_id = format!("{sku}@{location}#supply#{now}");
-                memory.supply_risk_alert = Some(OpenAlert {
-                    alert_id: alert_id.clone(),
-                    opened_ms: now,
-                });
-                let severity = if a.probability >= c.critical_probability {
-                    Severity::Critical
-                } else {
-                    Severity::Warning
-                };
-                out.push((AlertKind::SupplyRisk, severity, alert_id));
-            }
-            Some(open) if !late => {
-                out.push((AlertKind::Resolved, Severity::Info, open.alert_id.clone()));
-                memory.supply_risk_alert = None;
-            }
-            _ => {}
-        }
-        out
+/// Opens and resolves this SKU × location's alerts after `event`; returns the alerts to emit.
+fn lifecycle(
+    c: &SupplyConfig,
+    memory: &mut SkuMemory,
+    event: &SupplyEvent,
+    a: &Assessment,
+) -> Vec<(AlertKind, Severity, String)> {
+    let now = supply::event_timestamp(event);
+    let (sku, location) = sku_location(event);
+    let mut out = Vec::new();
+    if let Some(open) = memory.stockout_alert.as_mut() {
+        open.ran_out |= memory.on_hand == 0;
     }
+    match &memory.stockout_alert {
+        None if a.probability >= c.open_probability => {
+            let imminent = a.expected_stockout_ms.is_some_and(|t| t - now <= DAY_MS);
+            let severity = if a.probability >= c.critical_probability || imminent {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            let alert_id = format!("{sku}@{location}#stockout#{now}");
+            memory.stockout_alert = Some(OpenAlert {
+                alert_id: alert_id.clone(),
+                opened_ms: now,
+                ran_out: false,
+            });
+            out.push((AlertKind::StockoutRisk, severity, alert_id));
+        }
+        // Resolved when the risk has fallen to the resolve level, or when a delivery comes that
+        // ends the shortage it warned of: after the shelf ran empty, or with the risk back under
+        // the opening level. A shortage that builds up again is a new alert (one held open
+        // across deliveries would sit open for weeks and date the next warning wrongly).
+        Some(open)
+            if a.probability <= c.resolve_probability
+                || (is_delivery(event) && (open.ran_out || a.probability < c.open_probability)) =>
+        {
+            out.push((AlertKind::Resolved, Severity::Info, open.alert_id.clone()));
+            memory.stockout_alert = None;
+        }
+        _ => {}
+    }
+    // The stock runs out before the next delivery arrives.
+    let late = match (a.expected_stockout_ms, a.next_arrival_ms) {
+        (Some(out_at), Some(arrival)) => arrival > out_at,
+        _ => false,
+    };
+    match &memory.supply_risk_alert {
+        None if late && matches!(event, SupplyEvent::SupplierDelay { .. }) => {
+            let alert_id = format!("{sku}@{location}#supply#{now}");
+            memory.supply_risk_alert = Some(OpenAlert {
+                alert_id: alert_id.clone(),
+                opened_ms: now,
+                ran_out: false,
+            });
+            let severity = if a.probability >= c.critical_probability {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            out.push((AlertKind::SupplyRisk, severity, alert_id));
+        }
+        Some(open) if !late => {
+            out.push((AlertKind::Resolved, Severity::Info, open.alert_id.clone()));
+            memory.supply_risk_alert = None;
+        }
+        _ => {}
+    }
+    out
+}
+
+fn is_delivery(e: &SupplyEvent) -> bool {
+    matches!(
+        e,
+        SupplyEvent::Shipment {
+            direction: Direction::Inbound,
+            status: ShipmentStatus::Delivered,
+            ..
+        }
+    )
 }
 
 fn sku_location(e: &SupplyEvent) -> (String, String) {
@@ -378,5 +400,118 @@ fn alert(
         source,
         event_timestamp_ms: supply::event_timestamp(event),
         emitted_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory(on_hand: i64, ts: i64) -> SupplyEvent {
+        SupplyEvent::Inventory {
+            sku: "s".into(),
+            location: "l".into(),
+            on_hand,
+            timestamp_ms: ts,
+        }
+    }
+
+    fn delivery(quantity: i64, ts: i64) -> SupplyEvent {
+        SupplyEvent::Shipment {
+            shipment_id: "po-1".into(),
+            sku: "s".into(),
+            location: "l".into(),
+            quantity,
+            direction: Direction::Inbound,
+            status: ShipmentStatus::Delivered,
+            expected_arrival_ms: ts,
+            timestamp_ms: ts,
+        }
+    }
+
+    fn risk(probability: f64) -> Assessment {
+        Assessment {
+            probability,
+            expected_stockout_ms: None,
+            next_arrival_ms: None,
+            horizon_hours: 24.0,
+            demand_quantiles: Vec::new(),
+            suggested_reorder_qty: 0,
+        }
+    }
+
+    /// Applies `event` to the memory, then runs the lifecycle at `probability`: the alert kinds.
+    fn step(
+        c: &SupplyConfig,
+        memory: &mut SkuMemory,
+        event: SupplyEvent,
+        probability: f64,
+    ) -> Vec<AlertKind> {
+        memory.apply(&event);
+        lifecycle(c, memory, &event, &risk(probability))
+            .into_iter()
+            .map(|(kind, _, _)| kind)
+            .collect()
+    }
+
+    fn config() -> SupplyConfig {
+        SupplyConfig {
+            open_probability: 0.5,
+            resolve_probability: 0.2,
+            critical_probability: 0.8,
+            ..SupplyConfig::default()
+        }
+    }
+
+    #[test]
+    fn an_open_alert_is_raised_once_and_resolved_at_the_resolve_level() {
+        let (c, mut m) = (config(), SkuMemory::default());
+        assert_eq!(
+            step(&c, &mut m, inventory(40, 1), 0.6),
+            [AlertKind::StockoutRisk]
+        );
+        assert!(step(&c, &mut m, inventory(30, 2), 0.7).is_empty());
+        // Between the two levels: hysteresis keeps it open.
+        assert!(step(&c, &mut m, inventory(30, 3), 0.3).is_empty());
+        assert_eq!(
+            step(&c, &mut m, inventory(300, 4), 0.1),
+            [AlertKind::Resolved]
+        );
+        assert!(m.stockout_alert.is_none());
+    }
+
+    #[test]
+    fn a_delivery_after_the_shelf_ran_empty_resolves_even_when_the_risk_stays() {
+        let (c, mut m) = (config(), SkuMemory::default());
+        assert_eq!(
+            step(&c, &mut m, inventory(10, 1), 0.9),
+            [AlertKind::StockoutRisk]
+        );
+        let id = m.stockout_alert.clone().unwrap().alert_id;
+        assert!(step(&c, &mut m, inventory(0, 2), 1.0).is_empty());
+        // A short delivery: stock is back, the next shortage is already likely.
+        assert_eq!(step(&c, &mut m, delivery(5, 3), 0.7), [AlertKind::Resolved]);
+        // ...and is a new alert with a new id.
+        assert_eq!(
+            step(&c, &mut m, inventory(5, 4), 0.7),
+            [AlertKind::StockoutRisk]
+        );
+        assert_ne!(m.stockout_alert.unwrap().alert_id, id);
+    }
+
+    #[test]
+    fn a_delivery_resolves_below_the_opening_level_but_not_a_risk_still_above_it() {
+        let (c, mut m) = (config(), SkuMemory::default());
+        assert_eq!(
+            step(&c, &mut m, inventory(20, 1), 0.6),
+            [AlertKind::StockoutRisk]
+        );
+        // The delivery came before the shelf ran empty and did not bring enough: still open.
+        assert!(step(&c, &mut m, delivery(5, 2), 0.55).is_empty());
+        // The next one does: below the opening level, resolved without waiting for 0.2.
+        assert_eq!(
+            step(&c, &mut m, delivery(50, 3), 0.4),
+            [AlertKind::Resolved]
+        );
     }
 }

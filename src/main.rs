@@ -115,8 +115,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Some(memory) => {
                     // The model state is thousands of floats: show whose it is and its size.
                     let state = memory.model_state.as_ref().map(|s| {
-                        let floats: usize = s.tensors.iter().map(Vec::len).sum();
-                        serde_json::json!({"owner": s.owner, "tensors": s.tensors.len(), "bytes": floats * 4})
+                        serde_json::json!({"owner": s.owner, "tensors": s.tensors.len(), "bytes": s.tensors.bytes()})
                     });
                     let view = serde_json::json!({
                         "user_id": id,

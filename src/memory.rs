@@ -15,6 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::StatePrecision;
 use crate::event::{EventType, UserEvent};
 use crate::supply::SkuMemory;
 
@@ -53,7 +54,82 @@ pub struct UserMemory {
 pub struct ModelState {
     pub owner: String,
     /// One flat tensor per state input of the step graph, without the batch axis.
-    pub tensors: Vec<Vec<f32>>,
+    pub tensors: StateTensors,
+}
+
+/// State tensors as stored: 32-bit floats, or 16-bit halves of them (`store.state_precision`).
+/// A Transformer's key/value cache is most of a user's record, so halving it halves what sled
+/// reads, writes and caches per event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StateTensors {
+    F32(Vec<Vec<f32>>),
+    /// IEEE 754 half-precision bit patterns.
+    F16(Vec<Vec<u16>>),
+}
+
+impl Default for StateTensors {
+    fn default() -> Self {
+        StateTensors::F32(Vec::new())
+    }
+}
+
+impl From<Vec<Vec<f32>>> for StateTensors {
+    fn from(tensors: Vec<Vec<f32>>) -> Self {
+        StateTensors::F32(tensors)
+    }
+}
+
+impl StateTensors {
+    pub fn encode(tensors: Vec<Vec<f32>>, precision: StatePrecision) -> StateTensors {
+        match precision {
+            StatePrecision::F32 => StateTensors::F32(tensors),
+            StatePrecision::F16 => StateTensors::F16(
+                tensors
+                    .iter()
+                    .map(|t| {
+                        t.iter()
+                            .map(|&v| half::f16::from_f32(v).to_bits())
+                            .collect()
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The tensors as the model takes them.
+    pub fn to_f32(&self) -> Vec<Vec<f32>> {
+        match self {
+            StateTensors::F32(t) => t.clone(),
+            StateTensors::F16(t) => t
+                .iter()
+                .map(|t| {
+                    t.iter()
+                        .map(|&b| half::f16::from_bits(b).to_f32())
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// How many tensors.
+    pub fn len(&self) -> usize {
+        match self {
+            StateTensors::F32(t) => t.len(),
+            StateTensors::F16(t) => t.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of tensor data.
+    pub fn bytes(&self) -> usize {
+        match self {
+            StateTensors::F32(t) => t.iter().map(Vec::len).sum::<usize>() * 4,
+            StateTensors::F16(t) => t.iter().map(Vec::len).sum::<usize>() * 2,
+        }
+    }
 }
 
 impl UserMemory {
@@ -278,6 +354,41 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_precision_state_halves_the_bytes_and_keeps_three_significant_digits() {
+        let tensors = vec![vec![0.0, 1.0, -2.5, 0.123_456, 3_000.7], vec![1e-3; 4]];
+        let half = StateTensors::encode(tensors.clone(), StatePrecision::F16);
+        assert_eq!(half.len(), 2);
+        assert_eq!(half.bytes(), 9 * 2);
+        for (a, b) in tensors.iter().flatten().zip(half.to_f32().iter().flatten()) {
+            assert!((a - b).abs() <= a.abs() / 1024.0, "{a} came back as {b}");
+        }
+        let exact = StateTensors::encode(tensors.clone(), StatePrecision::F32);
+        assert_eq!((exact.bytes(), exact.to_f32()), (9 * 4, tensors));
+    }
+
+    #[test]
+    fn a_stored_state_decodes_whatever_precision_it_was_written_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut batch = StoreBatch::default();
+        for (user, precision) in [("a", StatePrecision::F32), ("b", StatePrecision::F16)] {
+            let memory = UserMemory {
+                model_state: Some(ModelState {
+                    owner: "m@1".into(),
+                    tensors: StateTensors::encode(vec![vec![0.5; 8]], precision),
+                }),
+                ..UserMemory::default()
+            };
+            batch.put_user(user.into(), memory);
+        }
+        store.commit(&batch).unwrap();
+        for user in ["a", "b"] {
+            let state = store.user(user).unwrap().unwrap().model_state.unwrap();
+            assert_eq!(state.tensors.to_f32(), vec![vec![0.5; 8]]);
+        }
+    }
 
     fn click(item: &str, ts: i64) -> UserEvent {
         UserEvent::new(EventType::Click, "u", item, ts)

@@ -282,6 +282,7 @@ impl Worker<'_> {
             self.store,
             &events,
             self.config.store.history_len,
+            self.config.store.state_precision,
             self.config.model.exclude_seen,
         )?;
         metrics::record_stage(Stage::Inference, outcome.inference);

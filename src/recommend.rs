@@ -13,8 +13,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::config::StatePrecision;
 use crate::event::{Event, EventType, UserEvent};
-use crate::memory::{ModelState, Store, StoreError, UserMemory};
+use crate::memory::{ModelState, StateTensors, Store, StoreError, UserMemory};
 use crate::model::{Model, ModelError, TopK};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,7 @@ pub fn answer(
     store: &Store,
     events: &[Option<Event>],
     history_len: usize,
+    state_precision: StatePrecision,
     exclude_seen: bool,
 ) -> Result<Outcome, RecommendError> {
     let stepping = model.step_state().is_some();
@@ -113,7 +115,7 @@ pub fn answer(
         if let Some(memory) = memories.get_mut(&lane.user) {
             memory.model_state = Some(ModelState {
                 owner: owner.clone(),
-                tensors: lane.state,
+                tensors: StateTensors::encode(lane.state, state_precision),
             });
         }
     }
@@ -145,7 +147,7 @@ fn open_lane(model: &Model, memory: &UserMemory, owner: &str, user: &str) -> Lan
     };
     match &memory.model_state {
         Some(s) if s.owner == owner && s.tensors.len() == lane.state.len() => {
-            lane.state = s.tensors.clone();
+            lane.state = s.tensors.to_f32();
             let window = model.manifest.window;
             let skip = memory.recent_items.len().saturating_sub(window);
             lane.seen = memory.recent_items[skip..]
@@ -255,7 +257,7 @@ mod tests {
         }
         stale.model_state = Some(ModelState {
             owner: "another-model@7".into(),
-            tensors: vec![vec![1.0; 3]],
+            tensors: vec![vec![1.0; 3]].into(),
         });
         let mut batch = crate::memory::StoreBatch::default();
         batch.put_user("ann".into(), stale);
@@ -266,7 +268,7 @@ mod tests {
             click("bob", "1", 11),
             click("bob", "7", 12),
         ];
-        let outcome = answer(&mut model, &store, &events, 50, true).unwrap();
+        let outcome = answer(&mut model, &store, &events, 50, StatePrecision::F32, true).unwrap();
         assert_eq!(outcome.answers.len(), 3);
         for (answer, history) in outcome.answers.iter().zip([
             vec!["1", "50", "181", "100", "258"],

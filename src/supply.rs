@@ -89,6 +89,8 @@ pub struct Forecast {
 pub struct OpenAlert {
     pub alert_id: String,
     pub opened_ms: i64,
+    /// The shelf has been seen empty while this alert was open: the shortage it warned of came.
+    pub ran_out: bool,
 }
 
 impl SkuMemory {

@@ -62,8 +62,8 @@ fn bench_measures_the_daemon_and_its_ceilings_and_writes_its_report() {
             assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{p}");
         }
     }
-    // The step model keeps a 64-float state per user; full mode stores none.
-    assert_eq!(runs[0]["state_bytes_per_user"], 256);
+    // The step model keeps a 64-float state per user, stored as f16 by default; full mode none.
+    assert_eq!(runs[0]["state_bytes_per_user"], 128);
     assert_eq!(runs[1]["state_bytes_per_user"], 0);
     let markdown = std::fs::read_to_string(out_dir.path().join("bench.md")).unwrap();
     assert!(markdown.contains("| gru4rec-ml100k | step |"), "{markdown}");
