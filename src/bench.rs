@@ -356,8 +356,8 @@ fn passthrough(base: &Config, bootstrap: &str, workload: &Workload) -> anyhow::R
         let outputs: Vec<Output> = batch
             .iter()
             .map(|m| Output {
-                topic: &config.topics.recommendations,
-                key: m.key.as_deref(),
+                topic: config.topics.recommendations.clone(),
+                key: m.key.clone(),
                 payload: m.payload.clone().unwrap_or_default(),
             })
             .collect();

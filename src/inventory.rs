@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::config::SupplyConfig;
 use crate::event::{Direction, Event, InMessage, ModelRef, ShipmentStatus, SourceRef, SupplyEvent};
-use crate::memory::{ModelState, Store, StoreError};
+use crate::memory::{Memories, ModelState, StoreError};
 use crate::model::forecaster::Forecaster;
 use crate::model::ModelError;
 use crate::supply::{self, assess, Assessment, Forecast, OpenAlert, RiskPolicy, SkuMemory, DAY_MS};
@@ -128,7 +128,7 @@ impl Inventory {
 
     pub fn process(
         &mut self,
-        store: &Store,
+        store: &impl Memories,
         batch: &[InMessage],
         events: &[Option<Event>],
         emitted_at_ms: i64,

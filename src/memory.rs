@@ -177,6 +177,83 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     k
 }
 
+/// Where a batch reads the memories it changes.
+pub trait Memories {
+    fn user(&self, user_id: &str) -> Result<Option<UserMemory>, StoreError>;
+    fn sku(&self, sku: &str, location: &str) -> Result<Option<SkuMemory>, StoreError>;
+}
+
+impl Memories for Store {
+    fn user(&self, user_id: &str) -> Result<Option<UserMemory>, StoreError> {
+        Store::user(self, user_id)
+    }
+
+    fn sku(&self, sku: &str, location: &str) -> Result<Option<SkuMemory>, StoreError> {
+        Store::sku(self, sku, location)
+    }
+}
+
+/// The memories of batches computed but not yet in the store (their outputs are still being
+/// acknowledged), by the batch's sequence number: the next batch must see them.
+#[derive(Default)]
+pub struct Pending {
+    users: HashMap<String, (u64, UserMemory)>,
+    skus: HashMap<(String, String), (u64, SkuMemory)>,
+}
+
+impl Pending {
+    pub fn remember(&mut self, seq: u64, batch: &StoreBatch) {
+        for (user, memory) in &batch.users {
+            self.users.insert(user.clone(), (seq, memory.clone()));
+        }
+        for (key, memory) in &batch.skus {
+            self.skus.insert(key.clone(), (seq, memory.clone()));
+        }
+    }
+
+    /// Drops what batch `seq` wrote to the store, unless a later batch changed it again.
+    pub fn forget(&mut self, seq: u64, batch: &StoreBatch) {
+        for user in batch.users.keys() {
+            if self.users.get(user).is_some_and(|(s, _)| *s == seq) {
+                self.users.remove(user);
+            }
+        }
+        for key in batch.skus.keys() {
+            if self.skus.get(key).is_some_and(|(s, _)| *s == seq) {
+                self.skus.remove(key);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.skus.is_empty()
+    }
+}
+
+/// The store as the next batch sees it: pending memories first.
+pub struct PendingView<'a> {
+    pub store: &'a Store,
+    pub pending: &'a std::sync::Mutex<Pending>,
+}
+
+impl Memories for PendingView<'_> {
+    fn user(&self, user_id: &str) -> Result<Option<UserMemory>, StoreError> {
+        let pending = self.pending.lock().expect("pending lock");
+        match pending.users.get(user_id) {
+            Some((_, memory)) => Ok(Some(memory.clone())),
+            None => self.store.user(user_id),
+        }
+    }
+
+    fn sku(&self, sku: &str, location: &str) -> Result<Option<SkuMemory>, StoreError> {
+        let pending = self.pending.lock().expect("pending lock");
+        match pending.skus.get(&(sku.to_string(), location.to_string())) {
+            Some((_, memory)) => Ok(Some(memory.clone())),
+            None => self.store.sku(sku, location),
+        }
+    }
+}
+
 /// The changes of one micro-batch, applied atomically by [`Store::commit`].
 #[derive(Default)]
 pub struct StoreBatch {
@@ -354,6 +431,36 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_memories_are_read_before_the_store_until_their_batch_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let pending = std::sync::Mutex::new(Pending::default());
+        let view = PendingView {
+            store: &store,
+            pending: &pending,
+        };
+        let with_clicks = |clicks| UserMemory {
+            clicks,
+            ..UserMemory::default()
+        };
+        let (mut first, mut second) = (StoreBatch::default(), StoreBatch::default());
+        first.put_user("u".into(), with_clicks(1));
+        second.put_user("u".into(), with_clicks(2));
+        pending.lock().unwrap().remember(1, &first);
+        assert_eq!(view.user("u").unwrap().unwrap().clicks, 1);
+        pending.lock().unwrap().remember(2, &second);
+        // Batch 1 is written: batch 2's newer memory stays pending...
+        store.commit(&first).unwrap();
+        pending.lock().unwrap().forget(1, &first);
+        assert_eq!(view.user("u").unwrap().unwrap().clicks, 2);
+        // ...until it is written too; then the store answers.
+        store.commit(&second).unwrap();
+        pending.lock().unwrap().forget(2, &second);
+        assert!(pending.lock().unwrap().is_empty());
+        assert_eq!(view.user("u").unwrap().unwrap().clicks, 2);
+    }
 
     #[test]
     fn half_precision_state_halves_the_bytes_and_keeps_three_significant_digits() {

@@ -12,13 +12,20 @@
 //! 6. write the changed memories and every partition's next offset to sled in one atomic batch, flush;
 //! 7. commit the offsets to Kafka (for lag monitoring and tools).
 //!
+//! Steps 1–4 run on the polling thread, 5–6 on a finisher thread, so the next batch is computed
+//! while the last one is acknowledged and written (one waits between them at most). The next batch
+//! reads the memories a handed-on batch changed from [`Pending`] until they are in the store.
+//! Batches are finished in order; a batch that is not written (shutdown, error) takes every later
+//! one with it, since they were computed on its state. Rebalances wait until nothing is in flight
+//! ([`crate::source::InFlight`]).
+//!
 //! A crash before step 6 replays the batch from unchanged state (outputs repeat, none is missing); a
 //! crash after it replays nothing. Each event is applied to the state exactly once; each output is
 //! delivered at least once and carries its source offset, so consumers can drop repeats.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
@@ -26,15 +33,15 @@ use crate::event::{
     self, DeadLetter, Event, EventType, InMessage, ModelRef, Recommendation, RejectReason,
     SupplyEvent,
 };
-use crate::inventory::{self, Inventory};
-use crate::memory::{Store, StoreBatch, StoreError};
+use crate::inventory::{self, AlertKind, Inventory};
+use crate::memory::{Pending, PendingView, Store, StoreBatch, StoreError};
 use crate::metrics::{self, Health, Stage};
 use crate::model::forecaster::Forecaster;
 use crate::model::{Model, ModelError};
 use crate::recommend;
 use crate::shutdown::Shutdown;
 use crate::sink::{Output, Sink, SinkError};
-use crate::source::{Source, SourceError};
+use crate::source::{InFlight, Source, SourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -67,8 +74,10 @@ pub struct RunStats {
     pub batches: AtomicU64,
     pub recommendations: AtomicU64,
     pub dead_letters: AtomicU64,
-    /// Nanoseconds spent processing batches (not waiting for input).
+    /// Nanoseconds during which a batch was being processed by either thread (not waiting for input).
     pub busy_nanos: AtomicU64,
+    /// Threads at work now, and since when at least one has been.
+    busy_since: Mutex<(usize, Option<Instant>)>,
     pub rejects: Mutex<BTreeMap<&'static str, u64>>,
     /// Nanoseconds per pipeline stage, indexed like [`Stage::ALL`].
     pub stage_nanos: [AtomicU64; Stage::ALL.len()],
@@ -77,6 +86,24 @@ pub struct RunStats {
 }
 
 impl RunStats {
+    /// Marks a thread busy; overlapping busy stretches of the two threads count once.
+    fn busy_begin(&self) {
+        let mut b = self.busy_since.lock().expect("busy lock");
+        b.0 += 1;
+        b.1.get_or_insert_with(Instant::now);
+    }
+
+    fn busy_end(&self) {
+        let mut b = self.busy_since.lock().expect("busy lock");
+        b.0 = b.0.saturating_sub(1);
+        if b.0 == 0 {
+            if let Some(since) = b.1.take() {
+                self.busy_nanos
+                    .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn record_stage(&self, stage: Stage, since: Instant) {
         let elapsed = since.elapsed();
         metrics::record_stage(stage, elapsed);
@@ -186,47 +213,76 @@ fn run_inner(
     metrics::record_store(&store);
     let sink = Sink::new(config)?;
     let source = Source::new(config, store.clone(), health.clone())?;
+    let in_flight = source.in_flight();
+    let pending = Mutex::new(Pending::default());
     let mut worker = Worker {
         config,
         store: &store,
-        sink: &sink,
+        pending: &pending,
         model,
         inventory,
+        stats,
+    };
+    let finisher = Finisher {
+        store: &store,
+        sink: &sink,
+        pending: &pending,
+        in_flight: &in_flight,
         shutdown,
         stats,
     };
     let max_wait = Duration::from_millis(config.batch.max_wait_ms);
-    let mut last_gauges = Instant::now();
-    let outcome = loop {
-        if shutdown.is_triggered() {
-            break Ok(());
-        }
-        let batch = source.next_batch(config.batch.max_events, max_wait, shutdown);
-        if !batch.is_empty() {
-            let started = Instant::now();
-            match worker.process(&batch) {
-                Ok(Some(next_offsets)) => {
-                    let t = Instant::now();
-                    if let Err(e) =
-                        source.commit(next_offsets.iter().map(|(t, p, o)| (t.as_str(), *p, *o)))
-                    {
-                        tracing::warn!(error = %e, "committing offsets to Kafka failed; the store keeps them, the next commit catches up");
-                    }
-                    stats.record_stage(Stage::Commit, t);
-                }
-                Ok(None) => break Ok(()), // interrupted by shutdown before anything was written
+    // One batch is computed while the one before it is produced, acknowledged and written: at most
+    // one waits between the two (backpressure).
+    let (hand_on, handed) = mpsc::sync_channel::<Prepared>(1);
+    let (report, reports) = mpsc::channel::<Finished>();
+    let outcome = std::thread::scope(|scope| {
+        scope.spawn(move || finisher.run(handed, report));
+        let mut last_gauges = Instant::now();
+        let mut seq = 0u64;
+        let outcome = loop {
+            match commit_finished(&source, reports.try_iter(), stats) {
+                Ok(true) => {}
+                Ok(false) => break Ok(()), // shutdown interrupted a batch; it will be replayed
                 Err(e) => break Err(e),
             }
-            stats
-                .busy_nanos
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-        }
-        if last_gauges.elapsed() > Duration::from_secs(1) {
-            metrics::record_store(&store);
-            last_gauges = Instant::now();
-        }
-    };
+            if shutdown.is_triggered() {
+                break Ok(());
+            }
+            let batch = source.next_batch(config.batch.max_events, max_wait, shutdown);
+            if !batch.is_empty() {
+                stats.busy_begin();
+                seq += 1;
+                let prepared = match worker.prepare(&batch, seq) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        stats.busy_end();
+                        break Err(e);
+                    }
+                };
+                pending
+                    .lock()
+                    .expect("pending lock")
+                    .remember(seq, &prepared.writes);
+                in_flight.start();
+                // Blocks while the finisher is a batch behind: that wait counts as busy.
+                let handed_on = hand_on.send(prepared);
+                stats.busy_end();
+                if handed_on.is_err() {
+                    in_flight.end();
+                    break Ok(()); // the finisher stopped; its report says why
+                }
+            }
+            if last_gauges.elapsed() > Duration::from_secs(1) {
+                metrics::record_store(&store);
+                last_gauges = Instant::now();
+            }
+        };
+        // Let the finisher write what it was handed, then commit those offsets too.
+        drop(hand_on);
+        let finished = commit_finished(&source, reports.iter(), stats);
+        outcome.and(finished.map(|_| ()))
+    });
     source.close();
     sink.flush(Duration::from_secs(5));
     metrics::record_store(&store);
@@ -234,25 +290,73 @@ fn run_inner(
     outcome
 }
 
+/// Commits the finished batches' offsets to Kafka; `Ok(false)` once one was interrupted by shutdown.
+fn commit_finished(
+    source: &Source,
+    reports: impl Iterator<Item = Finished>,
+    stats: &RunStats,
+) -> Result<bool, PipelineError> {
+    for report in reports {
+        match report {
+            Finished::Written(next_offsets) => {
+                let t = Instant::now();
+                if let Err(e) =
+                    source.commit(next_offsets.iter().map(|(t, p, o)| (t.as_str(), *p, *o)))
+                {
+                    tracing::warn!(error = %e, "committing offsets to Kafka failed; the store keeps them, the next commit catches up");
+                }
+                stats.record_stage(Stage::Commit, t);
+            }
+            Finished::Interrupted => return Ok(false),
+            Finished::Failed(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 struct Worker<'a> {
     config: &'a Config,
     store: &'a Store,
-    sink: &'a Sink,
+    pending: &'a Mutex<Pending>,
     model: Model,
     inventory: Option<Inventory>,
-    shutdown: &'a Shutdown,
     stats: &'a RunStats,
 }
 
 /// (topic, partition, next offset to read) of a partition a batch advanced.
 type NextOffset = (String, i32, i64);
 
+/// A computed batch on its way out: its outputs, then its state and offsets.
+struct Prepared {
+    seq: u64,
+    outputs: Vec<Output>,
+    writes: StoreBatch,
+    /// Kafka timestamps of the events answered with a recommendation (end-to-end latency).
+    answered_at_ms: Vec<i64>,
+    dead_letters: u64,
+    alerts: Vec<AlertKind>,
+    demand_records: u64,
+    duplicate_demand: Option<u64>,
+    messages: u64,
+}
+
+enum Finished {
+    Written(Vec<NextOffset>),
+    /// Shutdown came while the outputs could not be produced; nothing was written.
+    Interrupted,
+    Failed(PipelineError),
+}
+
 impl Worker<'_> {
-    /// Processes one batch through steps 2–6. Returns the next offsets written, or `None` if shutdown
-    /// interrupted the batch before its state was written (it will be replayed).
-    fn process(&mut self, batch: &[InMessage]) -> Result<Option<Vec<NextOffset>>, PipelineError> {
+    /// Steps 2–4 and the outputs of step 5: decodes, answers and assesses one batch on the
+    /// memories as the batches before it left them (pending ones included).
+    fn prepare(&mut self, batch: &[InMessage], seq: u64) -> Result<Prepared, PipelineError> {
         metrics::record_batch_size(batch.len());
         let now = now_ms();
+        let memories_view = PendingView {
+            store: self.store,
+            pending: self.pending,
+        };
 
         // 2. decode
         let t = Instant::now();
@@ -279,7 +383,7 @@ impl Worker<'_> {
         let t = Instant::now();
         let outcome = recommend::answer(
             &mut self.model,
-            self.store,
+            &memories_view,
             &events,
             self.config.store.history_len,
             self.config.store.state_precision,
@@ -295,7 +399,7 @@ impl Worker<'_> {
         let supply = match self.inventory.as_mut() {
             Some(inventory) => {
                 let t = Instant::now();
-                let out = inventory.process(self.store, batch, &events, now)?;
+                let out = inventory.process(&memories_view, batch, &events, now)?;
                 metrics::record_stage(Stage::Inference, out.inference);
                 self.stats.add_stage(Stage::Inference, out.inference);
                 let memory_time = t.elapsed().saturating_sub(out.inference);
@@ -306,8 +410,7 @@ impl Worker<'_> {
             None => None,
         };
 
-        // 5. produce and wait for acknowledgements
-        let t = Instant::now();
+        // 5. the outputs
         let model_ref = ModelRef {
             name: self.model.manifest.name.clone(),
             version: self.model.manifest.version.clone(),
@@ -328,15 +431,16 @@ impl Worker<'_> {
                 emitted_at_ms: emitted_at,
             };
             outputs.push(Output {
-                topic: &topics.recommendations,
-                key: Some(row.user_id.as_bytes()),
+                topic: topics.recommendations.clone(),
+                key: Some(row.user_id.clone().into_bytes()),
                 payload: serde_json::to_vec(&rec).expect("recommendations serialize"),
             });
         }
         // Purchases that name a location are that SKU × location's demand: forwarded, keyed by
         // sku@location, to the partition its supply events live on.
-        let mut demand_records: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut demand_records = 0u64;
         if self.inventory.is_some() {
+            let demand_topic = self.config.supply.demand_topic(topics);
             for (msg, e) in batch.iter().zip(&events) {
                 let Some(Event::User(e)) = e else { continue };
                 let (EventType::Purchase, Some(location)) = (e.event_type, &e.location) else {
@@ -349,98 +453,57 @@ impl Worker<'_> {
                     timestamp_ms: e.timestamp_ms,
                     source: msg.source(),
                 };
-                demand_records.push((
-                    format!("{}@{location}", e.item_id),
-                    serde_json::to_vec(&record).expect("demand records serialize"),
-                ));
+                outputs.push(Output {
+                    topic: demand_topic.to_string(),
+                    key: Some(format!("{}@{location}", e.item_id).into_bytes()),
+                    payload: serde_json::to_vec(&record).expect("demand records serialize"),
+                });
+                demand_records += 1;
             }
         }
-        let demand_topic = self.config.supply.demand_topic(topics);
-        for (key, payload) in &demand_records {
+        let mut alerts = Vec::new();
+        for (_, alert) in supply.iter().flat_map(|s| &s.alerts) {
             outputs.push(Output {
-                topic: demand_topic,
-                key: Some(key.as_bytes()),
-                payload: payload.clone(),
-            });
-        }
-        let alert_keys: Vec<String> = supply
-            .iter()
-            .flat_map(|s| &s.alerts)
-            .map(|(_, a)| format!("{}@{}", a.sku, a.location))
-            .collect();
-        for ((_, alert), key) in supply.iter().flat_map(|s| &s.alerts).zip(&alert_keys) {
-            outputs.push(Output {
-                topic: &topics.alerts,
-                key: Some(key.as_bytes()),
+                topic: topics.alerts.clone(),
+                key: Some(format!("{}@{}", alert.sku, alert.location).into_bytes()),
                 payload: serde_json::to_vec(alert).expect("alerts serialize"),
             });
+            alerts.push(alert.kind);
         }
         for (i, dl) in &dead_letters {
             outputs.push(Output {
-                topic: &topics.dead_letter,
-                key: batch[*i].key.as_deref(),
+                topic: topics.dead_letter.clone(),
+                key: batch[*i].key.clone(),
                 payload: serde_json::to_vec(dl).expect("dead letters serialize"),
             });
         }
-        let mut attempt = 0u32;
-        while let Err(e) = self.sink.send_all(&outputs) {
-            if self.shutdown.is_triggered() {
-                tracing::warn!(error = %e, "stopping with a batch whose outputs were not acknowledged; it will be replayed");
-                return Ok(None);
-            }
-            attempt += 1;
-            metrics::record_produce_retry();
-            let backoff = Duration::from_millis((100u64 << attempt.min(6)).min(5_000));
-            tracing::error!(error = %e, attempt, ?backoff, "producing the batch's outputs failed; retrying the whole batch (state unchanged)");
-            std::thread::sleep(backoff);
-        }
-        let acked_ms = now_ms();
-        self.stats.record_stage(Stage::Produce, t);
-        for row in &rows {
-            if let Some(ts) = batch[row.message].kafka_timestamp_ms {
-                let micros = (acked_ms - ts).max(0) as u64 * 1000;
-                metrics::record_end_to_end(micros as f64 / 1e6);
-                self.stats.record_latency(micros);
-            }
-        }
-        metrics::record_outputs(rows.len() as u64, dead_letters.len() as u64);
-        if let Some(s) = &supply {
-            for (_, alert) in &s.alerts {
-                metrics::record_alert(alert.kind);
-            }
-            metrics::record_demand(demand_records.len() as u64, s.duplicate_demand);
-        }
 
-        // 6. state and offsets, atomically
-        let t = Instant::now();
+        // 6. what the state and offsets will be, once the outputs are acknowledged
         let mut writes = StoreBatch::default();
         for (user, memory) in memories {
             writes.put_user(user, memory);
         }
+        let duplicate_demand = supply.as_ref().map(|s| s.duplicate_demand);
         for ((sku, location), memory) in supply.map(|s| s.memories).unwrap_or_default() {
             writes.put_sku(sku, location, memory);
         }
         for msg in batch {
             writes.advance(&msg.topic, msg.partition, msg.offset + 1);
         }
-        self.store.commit(&writes)?;
-        self.stats.record_stage(Stage::Store, t);
-
-        self.stats
-            .messages
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.stats
-            .recommendations
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        self.stats
-            .dead_letters
-            .fetch_add(dead_letters.len() as u64, Ordering::Relaxed);
-        Ok(Some(
-            writes
-                .next_offsets()
-                .map(|(t, p, o)| (t.to_string(), p, o))
+        Ok(Prepared {
+            seq,
+            outputs,
+            writes,
+            answered_at_ms: rows
+                .iter()
+                .filter_map(|row| batch[row.message].kafka_timestamp_ms)
                 .collect(),
-        ))
+            dead_letters: dead_letters.len() as u64,
+            alerts,
+            demand_records,
+            duplicate_demand,
+            messages: batch.len() as u64,
+        })
     }
 
     fn count_reject(&self, reason: RejectReason) {
@@ -451,5 +514,96 @@ impl Worker<'_> {
             .expect("rejects lock")
             .entry(reason.as_str())
             .or_default() += 1;
+    }
+}
+
+/// Steps 5–6 for each prepared batch, in order, on its own thread: produce the outputs and wait for
+/// the broker's acknowledgements (on failure: produce them again; the state is still unwritten),
+/// then write the state and offsets in one atomic batch and flush.
+struct Finisher<'a> {
+    store: &'a Store,
+    sink: &'a Sink,
+    pending: &'a Mutex<Pending>,
+    in_flight: &'a InFlight,
+    shutdown: &'a Shutdown,
+    stats: &'a RunStats,
+}
+
+impl Finisher<'_> {
+    fn run(self, handed: mpsc::Receiver<Prepared>, report: mpsc::Sender<Finished>) {
+        for prepared in handed.iter() {
+            self.stats.busy_begin();
+            let finished = self.finish(&prepared);
+            self.stats.busy_end();
+            self.in_flight.end();
+            let stop = !matches!(finished, Finished::Written(_));
+            let _ = report.send(finished);
+            if stop {
+                // Later batches were computed on this one's state: none of them may be written.
+                // Take (and drop) them until the pipeline stops handing any on.
+                for _ in handed.iter() {
+                    self.in_flight.end();
+                }
+                return;
+            }
+        }
+    }
+
+    fn finish(&self, p: &Prepared) -> Finished {
+        // 5. produce and wait for acknowledgements
+        let t = Instant::now();
+        let mut attempt = 0u32;
+        while let Err(e) = self.sink.send_all(&p.outputs) {
+            if self.shutdown.is_triggered() {
+                tracing::warn!(error = %e, "stopping with a batch whose outputs were not acknowledged; it will be replayed");
+                return Finished::Interrupted;
+            }
+            attempt += 1;
+            metrics::record_produce_retry();
+            let backoff = Duration::from_millis((100u64 << attempt.min(6)).min(5_000));
+            tracing::error!(error = %e, attempt, ?backoff, "producing the batch's outputs failed; retrying the whole batch (state unchanged)");
+            std::thread::sleep(backoff);
+        }
+        let acked_ms = now_ms();
+        self.stats.record_stage(Stage::Produce, t);
+        for ts in &p.answered_at_ms {
+            let micros = (acked_ms - ts).max(0) as u64 * 1000;
+            metrics::record_end_to_end(micros as f64 / 1e6);
+            self.stats.record_latency(micros);
+        }
+        let recommendations = p.answered_at_ms.len() as u64;
+        metrics::record_outputs(recommendations, p.dead_letters);
+        for kind in &p.alerts {
+            metrics::record_alert(*kind);
+        }
+        if let Some(duplicates) = p.duplicate_demand {
+            metrics::record_demand(p.demand_records, duplicates);
+        }
+
+        // 6. state and offsets, atomically
+        let t = Instant::now();
+        if let Err(e) = self.store.commit(&p.writes) {
+            return Finished::Failed(e.into());
+        }
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .forget(p.seq, &p.writes);
+        self.stats.record_stage(Stage::Store, t);
+
+        self.stats.messages.fetch_add(p.messages, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .recommendations
+            .fetch_add(recommendations, Ordering::Relaxed);
+        self.stats
+            .dead_letters
+            .fetch_add(p.dead_letters, Ordering::Relaxed);
+        Finished::Written(
+            p.writes
+                .next_offsets()
+                .map(|(t, p, o)| (t.to_string(), p, o))
+                .collect(),
+        )
     }
 }

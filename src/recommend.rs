@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::config::StatePrecision;
 use crate::event::{Event, EventType, UserEvent};
-use crate::memory::{ModelState, StateTensors, Store, StoreError, UserMemory};
+use crate::memory::{Memories, ModelState, StateTensors, StoreError, UserMemory};
 use crate::model::{Model, ModelError, TopK};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,7 @@ struct Lane {
 
 pub fn answer(
     model: &mut Model,
-    store: &Store,
+    store: &impl Memories,
     events: &[Option<Event>],
     history_len: usize,
     state_precision: StatePrecision,
@@ -215,6 +215,7 @@ fn step_rounds(
 mod tests {
     use super::*;
     use crate::config::{ExecutionProvider, ModelConfig, ModelMode};
+    use crate::memory::Store;
     use std::path::{Path, PathBuf};
 
     fn model() -> Model {

@@ -26,9 +26,9 @@ pub enum SinkError {
 }
 
 /// One message to produce.
-pub struct Output<'a> {
-    pub topic: &'a str,
-    pub key: Option<&'a [u8]>,
+pub struct Output {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
 }
 
@@ -65,11 +65,11 @@ impl Sink {
     }
 
     /// Produces every output and waits for all acknowledgements.
-    pub fn send_all(&self, outputs: &[Output<'_>]) -> Result<(), SinkError> {
+    pub fn send_all(&self, outputs: &[Output]) -> Result<(), SinkError> {
         let mut pending = Vec::with_capacity(outputs.len());
         for out in outputs {
-            let mut record = FutureRecord::<[u8], [u8]>::to(out.topic).payload(&out.payload[..]);
-            if let Some(key) = out.key {
+            let mut record = FutureRecord::<[u8], [u8]>::to(&out.topic).payload(&out.payload[..]);
+            if let Some(key) = &out.key {
                 record = record.key(key);
             }
             // The local queue is bounded; when it is full, wait for deliveries to drain it.
@@ -77,7 +77,7 @@ impl Sink {
             loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
-                        pending.push((out.topic, delivery));
+                        pending.push((out.topic.as_str(), delivery));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))

@@ -5,13 +5,14 @@
 //! - On every assignment a partition starts at the next offset recorded in the store, in the same
 //!   atomic write as the state it produced; only partitions this store has never seen fall back to
 //!   the group's committed offset (then `auto.offset.reset`).
-//! - The pipeline processes a batch completely (outputs acknowledged, store flushed, offsets
-//!   committed) before it polls again, and rebalance callbacks run only inside poll, so a revoked
-//!   partition has nothing in flight. Its stored offsets are committed synchronously before it is
-//!   released, and messages of it still waiting in an unfinished batch are dropped (they were never
-//!   applied; the next owner reads them again).
-//! - Backpressure: nothing is polled while a batch is processed, and librdkafka's prefetch queue is
-//!   bounded (`queued.max.messages.kbytes`), so a slow model slows consumption instead of growing memory.
+//! - Rebalance callbacks run only inside poll, and wait until no batch is in flight (the pipeline
+//!   computes the next batch while the last one's outputs are acknowledged and its state written:
+//!   [`InFlight`]), so offsets are read from and committed to a store that holds every batch handed
+//!   on. A revoked partition's stored offsets are committed synchronously before it is released, and
+//!   messages of it still waiting in an unfinished batch are dropped (they were never applied; the
+//!   next owner reads them again).
+//! - Backpressure: nothing is polled while a batch is computed, at most one computed batch waits to
+//!   be finished, and librdkafka's prefetch queue is bounded (`queued.max.messages.kbytes`), so a slow model slows consumption instead of growing memory.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -45,9 +46,40 @@ pub enum SourceError {
 
 type Partition = (String, i32);
 
+/// Batches handed on by the pipeline whose state is not yet in the store. A rebalance waits for
+/// none: the offsets it reads and commits must be those of everything processed.
+#[derive(Default)]
+pub struct InFlight {
+    count: Mutex<usize>,
+    idle: std::sync::Condvar,
+}
+
+impl InFlight {
+    pub fn start(&self) {
+        *self.count.lock().expect("in-flight lock") += 1;
+    }
+
+    /// A batch was written, or dropped unwritten (it will be replayed).
+    pub fn end(&self) {
+        let mut n = self.count.lock().expect("in-flight lock");
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    pub fn wait_idle(&self) {
+        let mut n = self.count.lock().expect("in-flight lock");
+        while *n > 0 {
+            n = self.idle.wait(n).expect("in-flight lock");
+        }
+    }
+}
+
 /// Callbacks librdkafka runs inside `poll`: rebalances and statistics.
 pub struct SourceContext {
     store: Store,
+    in_flight: Arc<InFlight>,
     health: Arc<Health>,
     assigned: Mutex<HashSet<Partition>>,
     /// Partitions revoked since the poll loop last looked; their unprocessed messages are dropped.
@@ -82,6 +114,7 @@ impl ConsumerContext for SourceContext {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
+        self.in_flight.wait_idle();
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.seek_to_stored_offsets(tpl);
@@ -202,6 +235,7 @@ impl Source {
             .set("enable.auto.offset.store", "false");
         let context = SourceContext {
             store,
+            in_flight: Arc::default(),
             health,
             assigned: Mutex::new(HashSet::new()),
             revoked: Mutex::new(Vec::new()),
@@ -267,6 +301,11 @@ impl Source {
         let gone: HashSet<Partition> = revoked.drain(..).collect();
         batch.retain(|m| !gone.contains(&(m.topic.clone(), m.partition)));
         tracing::info!(partitions = ?gone, "dropped unprocessed messages of revoked partitions");
+    }
+
+    /// The pipeline's count of batches handed on and not yet written.
+    pub fn in_flight(&self) -> Arc<InFlight> {
+        self.consumer.context().in_flight.clone()
     }
 
     /// Commits next offsets to Kafka, for lag monitoring and tools; the store is the source of truth.
