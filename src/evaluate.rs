@@ -43,7 +43,7 @@ pub struct SimulateArgs {
     /// SupplyGraph's `homogeneous/` folder.
     #[arg(long, default_value = "../shared/data/supply/supplygraph/homogeneous")]
     pub supplygraph: PathBuf,
-    /// The SCMS delivery history (scheduled vs delivered dates).
+    /// The SCMS delivery history (PO, scheduled and delivered dates: lead times and delays).
     #[arg(
         long,
         default_value = "../shared/data/supply/scms_delivery_history/SCMS_Delivery_History_Dataset.csv"
@@ -94,13 +94,8 @@ pub struct EvaluateArgs {
 
 pub fn load_simulation(args: &SimulateArgs) -> anyhow::Result<Simulation> {
     let graph = simulate::load_supplygraph(&args.supplygraph)?;
-    let delays = simulate::load_scms_delays(&args.scms)?;
-    Ok(simulate::simulate(
-        &graph,
-        &delays,
-        args.seed,
-        args.positions,
-    ))
+    let scms = simulate::load_scms(&args.scms)?;
+    Ok(simulate::simulate(&graph, &scms, args.seed, args.positions))
 }
 
 pub fn run_simulate(cmd: SimulateCommand) -> anyhow::Result<()> {

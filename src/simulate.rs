@@ -13,9 +13,10 @@
 //!   equally careful), so some positions run out and some never do. Deliveries carry at most what
 //!   the plant has made: SupplyGraph's real daily production of the product, in the position's
 //!   share, less what earlier deliveries took; a delivery finding nothing made comes a day later.
-//! - Lead times and delays: each order's lead time is a per-SKU base of 3–10 days; its delay is
-//!   drawn from the real USAID SCMS delivery history (delivered minus scheduled date, in days; early
-//!   deliveries count as on time). A late order is announced by a `supplier_delay` two days before
+//! - Lead times and delays, both from the real USAID SCMS delivery history: each SKU × location's
+//!   lead time is an SCMS order's (scheduled delivery minus PO sent to vendor) scaled from its months
+//!   to SupplyGraph's days (SCMS's median, 92 days, becomes 6.5; 2–21 days); each order's delay is
+//!   an SCMS delivery's (delivered minus scheduled date, in days; early deliveries count as on time). A late order is announced by a `supplier_delay` two days before
 //!   it was due.
 //! - Events per day: purchases, an `inventory` count at the end of the day, and `shipment` events
 //!   (created, in transit, delivered).
@@ -172,7 +173,20 @@ pub fn load_supplygraph(dir: &Path) -> anyhow::Result<SupplyGraph> {
 }
 
 /// Delivery delays in days from the SCMS history: delivered minus scheduled date, early = 0.
-pub fn load_scms_delays(path: &Path) -> anyhow::Result<Vec<i64>> {
+/// What the simulator takes from the SCMS delivery history, in days.
+pub struct ScmsHistory {
+    /// Delivered minus scheduled date (early counts as on time), capped at 60.
+    pub delays: Vec<i64>,
+    /// Scheduled delivery minus PO sent to vendor, where both are known and positive.
+    pub lead_times: Vec<i64>,
+}
+
+/// SCMS's purchase orders take months (international freight of medicines); SupplyGraph's plants
+/// deliver within days. Lead times are drawn from SCMS's distribution scaled so its median becomes
+/// this many days: the real shape (spread, long tail) at a daily scale.
+const LEAD_TIME_MEDIAN_DAYS: f64 = 6.5;
+
+pub fn load_scms(path: &Path) -> anyhow::Result<ScmsHistory> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = String::from_utf8_lossy(&bytes).replace('\r', "\n");
     let mut rows = csv_rows(&text);
@@ -182,32 +196,66 @@ pub fn load_scms_delays(path: &Path) -> anyhow::Result<Vec<i64>> {
             .iter()
             .position(|h| h.trim_start_matches('\u{feff}') == name)
     };
-    let (Some(scheduled), Some(delivered)) = (
+    let (Some(po_sent), Some(scheduled), Some(delivered)) = (
+        col("PO Sent to Vendor Date"),
         col("Scheduled Delivery Date"),
         col("Delivered to Client Date"),
     ) else {
         bail!(
-            "{}: no `Scheduled Delivery Date` / `Delivered to Client Date` columns",
+            "{}: no `PO Sent to Vendor Date` / `Scheduled Delivery Date` / `Delivered to Client Date` columns",
             path.display()
         );
     };
-    let mut delays = Vec::new();
+    let mut history = ScmsHistory {
+        delays: Vec::new(),
+        lead_times: Vec::new(),
+    };
     for row in rows {
-        if let (Some(s), Some(d)) = (
-            row.get(scheduled).and_then(|v| scms_day(v)),
-            row.get(delivered).and_then(|v| scms_day(v)),
-        ) {
-            delays.push((d - s).clamp(0, 60));
+        let Some(s) = row.get(scheduled).and_then(|v| scms_day(v)) else {
+            continue;
+        };
+        if let Some(d) = row.get(delivered).and_then(|v| scms_day(v)) {
+            history.delays.push((d - s).clamp(0, 60));
+        }
+        if let Some(po) = row.get(po_sent).and_then(|v| us_day(v)) {
+            if s > po {
+                history.lead_times.push(s - po);
+            }
         }
     }
-    if delays.len() < 100 {
+    if history.delays.len() < 100 || history.lead_times.len() < 100 {
         bail!(
-            "{}: only {} rows with both delivery dates",
+            "{}: only {} rows with both delivery dates and {} with a PO date before the scheduled one",
             path.display(),
-            delays.len()
+            history.delays.len(),
+            history.lead_times.len()
         );
     }
-    Ok(delays)
+    Ok(history)
+}
+
+impl ScmsHistory {
+    /// One lead time in days, at SupplyGraph's scale (at least 2, at most 21).
+    fn draw_lead_time(&self, rng: &mut Rng) -> i64 {
+        let mut sorted = self.lead_times.clone();
+        sorted.sort_unstable();
+        let median = sorted[sorted.len() / 2].max(1) as f64;
+        let drawn = self.lead_times[rng.below(self.lead_times.len())] as f64;
+        ((drawn * LEAD_TIME_MEDIAN_DAYS / median).round() as i64).clamp(2, 21)
+    }
+}
+
+/// Days since 1970 of an SCMS date such as `11/13/06` (month/day/two-digit year).
+fn us_day(s: &str) -> Option<i64> {
+    let mut parts = s.trim().split('/');
+    let month: usize = parts.next()?.parse().ok()?;
+    let day = parts.next()?;
+    let year = parts.next()?;
+    let name = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .get(month.checked_sub(1)?)?;
+    scms_day(&format!("{day}-{name}-{year}"))
 }
 
 /// Days since 1970 of an SCMS date such as `2-Jun-06`.
@@ -268,7 +316,7 @@ struct Order {
 /// Simulates up to `max_positions` SKU × locations over SupplyGraph's days.
 pub fn simulate(
     graph: &SupplyGraph,
-    delays: &[i64],
+    scms: &ScmsHistory,
     seed: u64,
     max_positions: usize,
 ) -> Simulation {
@@ -306,7 +354,7 @@ pub fn simulate(
     for (n, (p, location, share)) in slots.into_iter().enumerate() {
         let sku = graph.products[p].clone();
         let key = format!("{sku}@{location}");
-        let lead = 3 + rng.below(8) as i64;
+        let lead = scms.draw_lead_time(&mut rng);
         let review = rng.below(7);
         let safety = 0.6 + 0.8 * rng.unit();
         positions.push(Position {
@@ -450,7 +498,7 @@ pub fn simulate(
                 let position = (on_hand + pipeline) as f64;
                 if position < reorder && target - position >= 1.0 {
                     let quantity = (target - position).round() as i64;
-                    let delay = delays[rng.below(delays.len())];
+                    let delay = scms.delays[rng.below(scms.delays.len())];
                     let order = Order {
                         id: format!("po-{seed}-{n}-{day}"),
                         quantity,
@@ -506,6 +554,8 @@ mod tests {
             "2008 is a leap year"
         );
         assert_eq!(scms_day("Date Not Captured"), None);
+        assert_eq!(us_day("11/13/06"), scms_day("13-Nov-06"));
+        assert_eq!(us_day("N/A - From RDC"), None);
     }
 
     #[test]
@@ -540,12 +590,12 @@ mod tests {
                 .into_iter()
                 .collect(),
         };
-        let delays = vec![0; 90]
-            .into_iter()
-            .chain([5, 10, 20])
-            .collect::<Vec<_>>();
-        let a = simulate(&graph, &delays, 7, 10);
-        let b = simulate(&graph, &delays, 7, 10);
+        let scms = ScmsHistory {
+            delays: vec![0; 90].into_iter().chain([5, 10, 20]).collect(),
+            lead_times: vec![30, 60, 92, 120, 250],
+        };
+        let a = simulate(&graph, &scms, 7, 10);
+        let b = simulate(&graph, &scms, 7, 10);
         assert_eq!(a.events.len(), b.events.len());
         assert!(a
             .events
