@@ -235,11 +235,14 @@ pub fn load_scms(path: &Path) -> anyhow::Result<ScmsHistory> {
 }
 
 impl ScmsHistory {
-    /// One lead time in days, at SupplyGraph's scale (at least 2, at most 21).
-    fn draw_lead_time(&self, rng: &mut Rng) -> i64 {
+    fn lead_time_median(&self) -> f64 {
         let mut sorted = self.lead_times.clone();
         sorted.sort_unstable();
-        let median = sorted[sorted.len() / 2].max(1) as f64;
+        sorted.get(sorted.len() / 2).copied().unwrap_or(1).max(1) as f64
+    }
+
+    /// One lead time in days, at SupplyGraph's scale (at least 2, at most 21).
+    fn draw_lead_time(&self, median: f64, rng: &mut Rng) -> i64 {
         let drawn = self.lead_times[rng.below(self.lead_times.len())] as f64;
         ((drawn * LEAD_TIME_MEDIAN_DAYS / median).round() as i64).clamp(2, 21)
     }
@@ -351,10 +354,11 @@ pub fn simulate(
     let mut events = Vec::new();
     let mut stockouts = Vec::new();
     let mut positions = Vec::new();
+    let lead_median = scms.lead_time_median();
     for (n, (p, location, share)) in slots.into_iter().enumerate() {
         let sku = graph.products[p].clone();
         let key = format!("{sku}@{location}");
-        let lead = scms.draw_lead_time(&mut rng);
+        let lead = scms.draw_lead_time(lead_median, &mut rng);
         let review = rng.below(7);
         let safety = 0.6 + 0.8 * rng.unit();
         positions.push(Position {
