@@ -331,6 +331,7 @@ struct Prepared {
     seq: u64,
     outputs: Vec<Output>,
     writes: StoreBatch,
+    recommendations: u64,
     /// Kafka timestamps of the events answered with a recommendation (end-to-end latency).
     answered_at_ms: Vec<i64>,
     dead_letters: u64,
@@ -494,6 +495,7 @@ impl Worker<'_> {
             seq,
             outputs,
             writes,
+            recommendations: rows.len() as u64,
             answered_at_ms: rows
                 .iter()
                 .filter_map(|row| batch[row.message].kafka_timestamp_ms)
@@ -571,8 +573,7 @@ impl Finisher<'_> {
             metrics::record_end_to_end(micros as f64 / 1e6);
             self.stats.record_latency(micros);
         }
-        let recommendations = p.answered_at_ms.len() as u64;
-        metrics::record_outputs(recommendations, p.dead_letters);
+        metrics::record_outputs(p.recommendations, p.dead_letters);
         for kind in &p.alerts {
             metrics::record_alert(*kind);
         }
@@ -595,7 +596,7 @@ impl Finisher<'_> {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .recommendations
-            .fetch_add(recommendations, Ordering::Relaxed);
+            .fetch_add(p.recommendations, Ordering::Relaxed);
         self.stats
             .dead_letters
             .fetch_add(p.dead_letters, Ordering::Relaxed);

@@ -12,7 +12,8 @@
 //!   messages of it still waiting in an unfinished batch are dropped (they were never applied; the
 //!   next owner reads them again).
 //! - Backpressure: nothing is polled while a batch is computed, at most one computed batch waits to
-//!   be finished, and librdkafka's prefetch queue is bounded (`queued.max.messages.kbytes`), so a slow model slows consumption instead of growing memory.
+//!   be finished, and librdkafka's prefetch queue is bounded (`queued.max.messages.kbytes`), so a
+//!   slow model slows consumption instead of growing memory.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
