@@ -235,6 +235,11 @@ pub struct SupplyConfig {
     /// A SKU × location silent for longer than this many days restarts its daily demand count from
     /// the most recent ones.
     pub max_catch_up_days: usize,
+    /// An inventory count stamped at or after this UTC hour is the day's closing count: the day's
+    /// demand is complete, so the forecaster steps on it and the risk is read with the new
+    /// forecast that evening (demand stamped later that day counts towards the next). Unset: a day
+    /// closes at the next day's first event of its SKU × location, the next morning.
+    pub closing_count_hour: Option<u32>,
 }
 
 impl Default for SupplyConfig {
@@ -249,6 +254,7 @@ impl Default for SupplyConfig {
             lead_time_days: 7.0,
             review_days: 7.0,
             max_catch_up_days: 56,
+            closing_count_hour: None,
         }
     }
 }
@@ -438,6 +444,12 @@ impl Config {
             return Err(key_error(
                 "supply.max_catch_up_days",
                 "must be between 1 and 365",
+            ));
+        }
+        if p.closing_count_hour.is_some_and(|h| h > 23) {
+            return Err(key_error(
+                "supply.closing_count_hour",
+                "must be an hour of the day, 0 to 23 (UTC)",
             ));
         }
         if !(1..=100_000).contains(&self.batch.max_events) {

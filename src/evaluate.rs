@@ -11,10 +11,16 @@
 //! - an alert is right when a stockout of its SKU × location starts within `window_days` after it
 //!   was raised; precision = right alerts / alerts;
 //! - a stockout is caught when an alert raised at most `window_days` before it started was still
-//!   open when it started; recall = caught / stockouts; warning time = start − raise (median).
+//!   open when it started; recall = caught / stockouts; warning time = start − raise (median), or
+//!   start − the end of the position's previous stockout when the alert was raised before that
+//!   ended (an alert left open through one stockout was raised for that one, not the next).
 //!   A median over the caught stockouts favours whoever catches fewer (the missed ones are the
-//!   hard, short-notice ones), so two fairer ones are printed too: over every stockout (a missed
-//!   one counts as no warning), and over the stockouts both alerting methods caught.
+//!   hard, short-notice ones), so fairer ones are printed too: over every stockout (a missed one
+//!   counts as no warning), over the stockouts both alerting methods caught, and the median of
+//!   the per-stockout difference over those.
+//!
+//! The simulated site counts its stock at the end of each day, so by default the evaluation lets
+//! those counts close the day (`supply.closing_count_hour`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -85,6 +91,10 @@ pub struct EvaluateArgs {
     /// Write the scores as JSON here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Let the simulation's end-of-day counts close the day (`supply.closing_count_hour`, when the
+    /// configuration leaves it unset); `false`: days close at the next morning's first event.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub closing_count: bool,
     /// Produce the whole stream at once instead of day by day, to measure throughput. Purchases'
     /// forwarded demand then reaches each SKU × location after its later supply events, so the
     /// alerts are scored but mean little.
@@ -169,6 +179,15 @@ fn score(
     from_ms: i64,
     window_ms: i64,
 ) -> Score {
+    // When the position's previous stockout ended (stock back the next day): an alert still open
+    // from before then was raised for that one, and warns of the next only from then on.
+    let previous_end = |s: &Stockout| {
+        stockouts
+            .iter()
+            .filter(|p| p.sku == s.sku && p.location == s.location && p.last_day < s.first_day)
+            .map(|p| simulate::START_MS + (p.last_day as i64 + 1) * DAY_MS)
+            .max()
+    };
     let stockouts: Vec<&Stockout> = stockouts.iter().filter(|s| s.start_ms >= from_ms).collect();
     let (mut alerts, mut right) = (0, 0);
     for ((sku, location), list) in episodes {
@@ -193,8 +212,9 @@ fn score(
                     && s.start_ms - e.raised_ms <= window_ms
                     && e.resolved_ms.is_none_or(|r| r >= s.start_ms)
             });
+            let since = previous_end(s).unwrap_or(i64::MIN);
             open.min_by_key(|e| e.raised_ms)
-                .map(|e| (s.start_ms - e.raised_ms) as f64 / 3_600_000.0)
+                .map(|e| (s.start_ms - e.raised_ms.max(since)) as f64 / 3_600_000.0)
         })
         .collect();
     let caught: Vec<f64> = warnings.iter().flatten().copied().collect();
@@ -218,17 +238,48 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     (!values.is_empty()).then(|| values[values.len() / 2])
 }
 
-/// Median warnings (ours, theirs) over the stockouts both caught, and how many those are.
-fn paired_warning(ours: &Score, theirs: &Score) -> (Option<f64>, Option<f64>, usize) {
+/// Over the stockouts both caught: each side's median warning, and how the two compare stockout by
+/// stockout.
+#[derive(Debug, Serialize)]
+struct Paired {
+    stockouts: usize,
+    longmem_median_warning_hours: Option<f64>,
+    reorder_point_median_warning_hours: Option<f64>,
+    /// Median of (longmem's warning − the rule's), per stockout: > 0 means longmem warned earlier.
+    median_difference_hours: Option<f64>,
+    longmem_earlier: usize,
+    rule_earlier: usize,
+}
+
+fn paired_warning(ours: &Score, theirs: &Score) -> Paired {
     let both: Vec<(f64, f64)> = ours
         .warnings
         .iter()
         .zip(&theirs.warnings)
         .filter_map(|(a, b)| Some(((*a)?, (*b)?)))
         .collect();
-    let n = both.len();
-    let (a, b): (Vec<f64>, Vec<f64>) = both.into_iter().unzip();
-    (median(a), median(b), n)
+    let difference: Vec<f64> = both.iter().map(|(a, b)| a - b).collect();
+    Paired {
+        stockouts: both.len(),
+        longmem_median_warning_hours: median(both.iter().map(|p| p.0).collect()),
+        reorder_point_median_warning_hours: median(both.iter().map(|p| p.1).collect()),
+        longmem_earlier: difference.iter().filter(|&&d| d > 0.0).count(),
+        rule_earlier: difference.iter().filter(|&&d| d < 0.0).count(),
+        median_difference_hours: median(difference),
+    }
+}
+
+/// Per scored stockout: where and when, and each method's warning in hours (null = missed), for
+/// working out which stockouts one method sees coming and the other does not.
+fn stockout_rows(sim: &Simulation, from_ms: i64, ours: &Score, rule: &Score) -> serde_json::Value {
+    let scored = sim.stockouts.iter().filter(|s| s.start_ms >= from_ms);
+    scored
+        .zip(ours.warnings.iter().zip(&rule.warnings))
+        .map(|(s, (a, b))| {
+            serde_json::json!({"sku": s.sku, "location": s.location, "start_ms": s.start_ms,
+                "lost_units": s.lost_units, "longmem_warning_hours": a, "reorder_point_warning_hours": b})
+        })
+        .collect()
 }
 
 /// The planner's reorder-point rule over the same events: (sku, location) → alert episodes.
@@ -327,6 +378,12 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     config.topics.suffix_with(&run);
     config.supply.demand_topic = None;
     config.supply.enabled = true;
+    if args.closing_count {
+        config
+            .supply
+            .closing_count_hour
+            .get_or_insert(simulate::COUNT_HOUR);
+    }
     let _mock;
     let bootstrap = match &args.brokers {
         Some(b) => {
@@ -406,15 +463,23 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let busy = Duration::from_nanos(stats.busy_nanos.load(Ordering::Relaxed));
     let messages = stats.messages.load(Ordering::Relaxed);
 
-    let (ours_paired, rule_paired, both) = paired_warning(&ours, &rule);
+    let paired = paired_warning(&ours, &rule);
     let hours = |h: Option<f64>| h.map_or_else(|| "–".into(), |h| format!("{h:.0} h"));
     println!(
         "\n| alerts | precision | recall | median warning (caught) | (every stockout) | (caught by both) | alerts raised | stockouts caught |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for (name, s, paired) in [
-        ("longmem (forecaster)", &ours, ours_paired),
-        ("reorder-point rule", &rule, rule_paired),
+        (
+            "longmem (forecaster)",
+            &ours,
+            paired.longmem_median_warning_hours,
+        ),
+        (
+            "reorder-point rule",
+            &rule,
+            paired.reorder_point_median_warning_hours,
+        ),
     ] {
         println!(
             "| {name} | {:.3} | {:.3} | {} | {} | {} | {} | {} of {} |",
@@ -429,7 +494,14 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "(caught by both: {both} stockouts; every stockout: a missed one counts as no warning)"
+        "(every stockout: a missed one counts as no warning; caught by both: {} stockouts, longmem \
+         earlier on {}, the rule on {}, median difference {})",
+        paired.stockouts,
+        paired.longmem_earlier,
+        paired.rule_earlier,
+        paired
+            .median_difference_hours
+            .map_or_else(|| "–".into(), |h| format!("{h:+.0} h")),
     );
     println!(
         "\nreplay: {messages} messages (incl. forwarded demand) in {:.1} s, {:.0} messages per busy second; supply_risk alerts: {}",
@@ -446,8 +518,9 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let doc = serde_json::json!({"seed": args.sim.seed, "positions": sim.positions.len(), "events": sim.events.len(),
             "longmem": ours, "reorder_point": rule,
-            "caught_by_both": {"stockouts": both, "longmem_median_warning_hours": ours_paired, "reorder_point_median_warning_hours": rule_paired}, "messages": messages, "busy_seconds": busy.as_secs_f64(),
-            "wall_seconds": elapsed.as_secs_f64()});
+            "caught_by_both": paired, "messages": messages, "busy_seconds": busy.as_secs_f64(),
+            "wall_seconds": elapsed.as_secs_f64(),
+            "stockouts": stockout_rows(&sim, from, &ours, &rule), "alerts": alerts});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
     Ok(())

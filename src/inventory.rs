@@ -4,9 +4,11 @@
 //!
 //! Events of one SKU × location are applied in order. When an event starts a new day, the days that
 //! completed are stepped through the forecaster first (their demand, zeros for silent days), so the
-//! event is assessed against a forecast made after the previous day. All SKU × locations waiting for
-//! a step go through the forecaster together: the batch runs in rounds, one day per SKU × location
-//! per round (usually one round).
+//! event is assessed against a forecast made after the previous day. Where the site's end-of-day
+//! counts mark the day's end (`supply.closing_count_hour`), such a count closes its day and is
+//! assessed after the step, that evening rather than at the next morning's first event. All SKU ×
+//! locations waiting for a step go through the forecaster together: the batch runs in rounds, one
+//! day per SKU × location per round (usually one round).
 //!
 //! Alert lifecycle per SKU × location: `stockout_risk` opens once when the stockout probability
 //! reaches `supply.open_probability` and a `resolved` alert with the same id follows when it falls
@@ -110,6 +112,8 @@ struct Lane {
     key: (String, String),
     events: VecDeque<(usize, SupplyEvent)>,
     days: VecDeque<(i64, f64)>,
+    /// A closing count waiting for its day's forecast before its risk is read.
+    reassess: Option<(usize, SupplyEvent)>,
 }
 
 pub struct Inventory {
@@ -154,6 +158,7 @@ impl Inventory {
                     key,
                     events: VecDeque::new(),
                     days: VecDeque::new(),
+                    reassess: None,
                 });
                 lanes.len() - 1
             });
@@ -166,21 +171,27 @@ impl Inventory {
             inference: Duration::ZERO,
             duplicate_demand: 0,
         };
-        let model = ModelRef {
-            name: self.forecaster.manifest.name.clone(),
-            version: self.forecaster.manifest.version.clone(),
-        };
         let levels = self.forecaster.manifest.quantiles.clone();
-        let policy = RiskPolicy {
-            lead_time_days: self.config.lead_time_days,
-            review_days: self.config.review_days,
+        let judge = Judge {
+            config: &self.config,
+            levels: &levels,
+            policy: RiskPolicy {
+                lead_time_days: self.config.lead_time_days,
+                review_days: self.config.review_days,
+            },
+            model: ModelRef {
+                name: self.forecaster.manifest.name.clone(),
+                version: self.forecaster.manifest.version.clone(),
+            },
+            batch,
+            emitted_at_ms,
         };
         loop {
             // Apply each lane's events until one starts a new day (its completed days go first).
             for lane in lanes.iter_mut() {
                 let memory = memories.get_mut(&lane.key).expect("loaded above");
                 while lane.days.is_empty() {
-                    let Some((i, event)) = lane.events.front() else {
+                    let Some((_, event)) = lane.events.front() else {
                         break;
                     };
                     let closed = memory.close_days(
@@ -191,32 +202,19 @@ impl Inventory {
                         lane.days.extend(closed);
                         break;
                     }
-                    if !memory.apply(event) {
+                    let (i, event) = lane.events.pop_front().expect("front");
+                    if !memory.apply(&event) {
                         outcome.duplicate_demand += 1;
-                    } else if let Some(a) =
-                        assess(memory, &levels, supply::event_timestamp(event), &policy)
-                    {
-                        let raised = lifecycle(&self.config, memory, event, &a);
-                        for (kind, severity, alert_id) in raised {
-                            outcome.alerts.push((
-                                *i,
-                                alert(
-                                    &lane.key,
-                                    kind,
-                                    severity,
-                                    alert_id,
-                                    &a,
-                                    memory,
-                                    &levels,
-                                    &model,
-                                    batch[*i].source(),
-                                    event,
-                                    emitted_at_ms,
-                                ),
-                            ));
-                        }
+                        continue;
                     }
-                    lane.events.pop_front();
+                    let closed = closing_count(&self.config, memory, &event);
+                    if closed.is_empty() {
+                        judge.assess(memory, &lane.key, i, &event, &mut outcome.alerts);
+                    } else {
+                        // Read the risk once the forecaster has taken in the day it closed.
+                        lane.days.extend(closed);
+                        lane.reassess = Some((i, event));
+                    }
                 }
             }
             // One forecaster step for every lane with a completed day waiting.
@@ -258,10 +256,77 @@ impl Inventory {
                     first_day: day + 1,
                     quantiles: q,
                 });
+                let lane = &mut lanes[l];
+                if lane.days.is_empty() {
+                    if let Some((i, event)) = lane.reassess.take() {
+                        judge.assess(memory, &lane.key, i, &event, &mut outcome.alerts);
+                    }
+                }
             }
         }
         outcome.memories = memories;
         Ok(outcome)
+    }
+}
+
+/// The day a closing count (`supply.closing_count_hour`) completes, with its demand; empty for any
+/// other event, or a day already closed.
+fn closing_count(c: &SupplyConfig, memory: &mut SkuMemory, event: &SupplyEvent) -> Vec<(i64, f64)> {
+    let SupplyEvent::Inventory { timestamp_ms, .. } = event else {
+        return Vec::new();
+    };
+    let closing = c
+        .closing_count_hour
+        .is_some_and(|hour| timestamp_ms.rem_euclid(DAY_MS) >= i64::from(hour) * DAY_MS / 24);
+    if !closing {
+        return Vec::new();
+    }
+    let tomorrow = (supply::day_of(*timestamp_ms) + 1) * DAY_MS;
+    memory.close_days(tomorrow, c.max_catch_up_days)
+}
+
+/// Reads the risk after an event and runs the alert lifecycle on it.
+struct Judge<'a> {
+    config: &'a SupplyConfig,
+    levels: &'a [f64],
+    policy: RiskPolicy,
+    model: ModelRef,
+    batch: &'a [InMessage],
+    emitted_at_ms: i64,
+}
+
+impl Judge<'_> {
+    /// Assesses `memory` after `event` (message `i` of the batch) and adds the alerts it raises.
+    fn assess(
+        &self,
+        memory: &mut SkuMemory,
+        key: &(String, String),
+        i: usize,
+        event: &SupplyEvent,
+        alerts: &mut Vec<(usize, Alert)>,
+    ) {
+        let now = supply::event_timestamp(event);
+        let Some(a) = assess(memory, self.levels, now, &self.policy) else {
+            return;
+        };
+        for (kind, severity, alert_id) in lifecycle(self.config, memory, event, &a) {
+            alerts.push((
+                i,
+                alert(
+                    key,
+                    kind,
+                    severity,
+                    alert_id,
+                    &a,
+                    memory,
+                    self.levels,
+                    &self.model,
+                    self.batch[i].source(),
+                    event,
+                    self.emitted_at_ms,
+                ),
+            ));
+        }
     }
 }
 
@@ -296,11 +361,14 @@ fn lifecycle(
         }
         // Resolved when the risk has fallen to the resolve level, or when a delivery comes that
         // ends the shortage it warned of: after the shelf ran empty, or with the risk back under
-        // the opening level. A shortage that builds up again is a new alert (one held open
-        // across deliveries would sit open for weeks and date the next warning wrongly).
+        // halfway to the resolve level (just under the opening level it would flap back open at
+        // the next sale). A shortage that builds up again is a new alert (one held open across
+        // deliveries would sit open for weeks and date the next warning wrongly).
         Some(open)
             if a.probability <= c.resolve_probability
-                || (is_delivery(event) && (open.ran_out || a.probability < c.open_probability)) =>
+                || (is_delivery(event)
+                    && (open.ran_out
+                        || a.probability < (c.open_probability + c.resolve_probability) / 2.0)) =>
         {
             out.push((AlertKind::Resolved, Severity::Info, open.alert_id.clone()));
             memory.stockout_alert = None;
@@ -500,7 +568,7 @@ mod tests {
     }
 
     #[test]
-    fn a_delivery_resolves_below_the_opening_level_but_not_a_risk_still_above_it() {
+    fn a_delivery_resolves_well_below_the_opening_level_but_not_just_under_it() {
         let (c, mut m) = (config(), SkuMemory::default());
         assert_eq!(
             step(&c, &mut m, inventory(20, 1), 0.6),
@@ -508,10 +576,39 @@ mod tests {
         );
         // The delivery came before the shelf ran empty and did not bring enough: still open.
         assert!(step(&c, &mut m, delivery(5, 2), 0.55).is_empty());
-        // The next one does: below the opening level, resolved without waiting for 0.2.
+        // Nor one that leaves the risk just under the opening level (it would flap back open).
+        assert!(step(&c, &mut m, delivery(5, 3), 0.4).is_empty());
+        // The next one does: under halfway to the resolve level, resolved without waiting for 0.2.
         assert_eq!(
-            step(&c, &mut m, delivery(50, 3), 0.4),
+            step(&c, &mut m, delivery(50, 4), 0.3),
             [AlertKind::Resolved]
         );
+    }
+
+    #[test]
+    fn a_count_from_the_closing_hour_closes_the_day_once() {
+        let c = SupplyConfig {
+            closing_count_hour: Some(20),
+            ..config()
+        };
+        let day = 19_500;
+        let at = |hour: i64| day * DAY_MS + hour * 3_600_000;
+        let mut m = SkuMemory::default();
+        m.close_days(at(9), 56);
+        m.day_demand = 12.0;
+        // A count during the day closes nothing, neither does a sale.
+        assert!(closing_count(&c, &mut m, &inventory(40, at(13))).is_empty());
+        assert!(closing_count(&c, &mut m, &delivery(5, at(21))).is_empty());
+        // The evening count closes the day with its demand; a second one finds it closed.
+        assert_eq!(
+            closing_count(&c, &mut m, &inventory(40, at(20))),
+            [(day, 12.0)]
+        );
+        assert_eq!(m.day, Some(day + 1));
+        assert!(closing_count(&c, &mut m, &inventory(38, at(22))).is_empty());
+        // Unset: the evening count closes nothing.
+        let mut m = SkuMemory::default();
+        m.close_days(at(9), 56);
+        assert!(closing_count(&config(), &mut m, &inventory(40, at(21))).is_empty());
     }
 }

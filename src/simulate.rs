@@ -34,6 +34,8 @@ use crate::supply::DAY_MS;
 
 /// 2023-01-01T00:00:00Z, SupplyGraph's first day.
 pub const START_MS: i64 = 1_672_531_200_000;
+/// The UTC hour of each position's end-of-day stock count, after the day's last sale.
+pub const COUNT_HOUR: u32 = 20;
 
 /// One event of the stream, in time order; `key` is its Kafka key.
 #[derive(Debug, Clone)]
@@ -521,11 +523,12 @@ pub fn simulate(
                     orders.push(order);
                 }
             }
+            let counted_at = t0 + i64::from(COUNT_HOUR) * 3_600_000;
             push(
                 &mut day_events,
-                t0 + 20 * 3_600_000,
+                counted_at,
                 &key,
-                json!({"event_type": "inventory", "sku": sku, "location": location, "on_hand": on_hand, "timestamp_ms": t0 + 20 * 3_600_000}),
+                json!({"event_type": "inventory", "sku": sku, "location": location, "on_hand": on_hand, "timestamp_ms": counted_at}),
                 false,
             );
             events.extend(day_events);

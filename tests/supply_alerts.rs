@@ -60,6 +60,11 @@ fn alerts_follow_stock_forecast_and_deliveries() {
     let topics = Topics::create(&broker, "supply", 1);
     let dir = tempfile::tempdir().unwrap();
     let (config, metrics) = write_config(dir.path(), &broker, &topics, "supply-test", 64);
+    // The 20:00 counts close their day: alerts are read with the forecast that has taken it in
+    // (days without a count still close at the next morning's first event).
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("closing_count_hour = 20\n");
+    std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(&config);
     let mut recs = broker.reader(&topics.recommendations);
     let mut answered = Vec::new();
@@ -206,6 +211,8 @@ fn alerts_follow_stock_forecast_and_deliveries() {
     assert_eq!(a[0]["alert_id"], a[1]["alert_id"]);
     assert_ne!(a[0]["alert_id"], a[2]["alert_id"]);
     assert!(a[0]["probability"].as_f64().unwrap() >= 0.5, "{}", a[0]);
+    // Raised by the closing count itself, after the forecaster stepped on its day.
+    assert_eq!(a[0]["event_timestamp_ms"], at(14, 20), "{}", a[0]);
     assert_eq!(a[0]["evidence"]["on_hand"], 40);
     assert!(
         a[0]["suggested_reorder_qty"].as_i64().unwrap() > 0,
