@@ -33,7 +33,23 @@ pub enum StoreError {
         key: String,
         source: postcard::Error,
     },
+    #[error(
+        "the store at {path} holds format {found}, this build reads format {expected}: it was written \
+         by another longmem version. Run that version, or move the directory away to start with an \
+         empty memory from the group's committed offsets (docs/operations.md, \"Upgrade longmem\")"
+    )]
+    Format {
+        path: String,
+        found: String,
+        expected: u32,
+    },
 }
+
+/// The encoding of the stored records. Bump it whenever a stored struct changes shape (postcard has
+/// no schema evolution): a store of another format is refused at start, not misread record by
+/// record mid-stream.
+pub const STORE_FORMAT: u32 = 2;
+const FORMAT_KEY: &[u8] = b"m/format";
 
 /// What longmem remembers about one user. Small and bounded: the recent-item window has a fixed
 /// maximum length, so the state per user does not grow with their history.
@@ -298,6 +314,29 @@ fn encode<T: Serialize>(memory: &T, name: impl FnOnce() -> String) -> Result<Vec
     })
 }
 
+/// Stamps an empty store with [`STORE_FORMAT`]; refuses one stamped with another format, or one
+/// with records but no stamp (written before formats were stamped).
+fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StoreError> {
+    let found = match tree.get(FORMAT_KEY)? {
+        Some(v) if v.as_ref() == STORE_FORMAT.to_be_bytes() => return Ok(()),
+        Some(v) => match <[u8; 4]>::try_from(v.as_ref()) {
+            Ok(b) => u32::from_be_bytes(b).to_string(),
+            Err(_) => format!("{v:?} (unreadable)"),
+        },
+        None if tree.is_empty() => {
+            tree.insert(FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
+            tree.flush()?;
+            return Ok(());
+        }
+        None => "none (written before store formats were stamped)".to_string(),
+    };
+    Err(StoreError::Format {
+        path: path.display().to_string(),
+        found,
+        expected: STORE_FORMAT,
+    })
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -334,6 +373,7 @@ impl Store {
             }
         };
         let tree = db.open_tree("longmem")?;
+        check_format(&tree, path)?;
         Ok(Store {
             db,
             tree,
@@ -431,6 +471,42 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_of_another_format_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        // A new store is stamped with this build's format and opens again.
+        let store = Store::open(&path, 1 << 20).unwrap();
+        let mut batch = StoreBatch::default();
+        batch.put_user("u".into(), UserMemory::default());
+        store.commit(&batch).unwrap();
+        drop(store);
+        Store::open(&path, 1 << 20).unwrap();
+
+        // Stamped with another format.
+        let set_stamp = |stamp: Option<&[u8]>| {
+            let db = sled::open(&path).unwrap();
+            let tree = db.open_tree("longmem").unwrap();
+            match stamp {
+                Some(v) => tree.insert(FORMAT_KEY, v).unwrap(),
+                None => tree.remove(FORMAT_KEY).unwrap(),
+            };
+            db.flush().unwrap();
+        };
+        set_stamp(Some(&(STORE_FORMAT + 1).to_be_bytes()));
+        let message = Store::open(&path, 1 << 20).err().unwrap().to_string();
+        assert!(
+            message.contains(&format!("holds format {}", STORE_FORMAT + 1))
+                && message.contains(&format!("reads format {STORE_FORMAT}")),
+            "{message}"
+        );
+        // Records without a stamp: written before formats were stamped.
+        set_stamp(None);
+        let refused = Store::open(&path, 1 << 20).err().unwrap();
+        assert!(matches!(refused, StoreError::Format { .. }), "{refused}");
+        assert!(refused.to_string().contains("before store formats"));
+    }
 
     #[test]
     fn pending_memories_are_read_before_the_store_until_their_batch_is_written() {
