@@ -48,8 +48,7 @@ pub enum StoreError {
 /// The encoding of the stored records. Bump it whenever a stored struct changes shape (postcard has
 /// no schema evolution): a store of another format is refused at start, not misread record by
 /// record mid-stream.
-/// 2: first stamped; 3: half-precision states as bytes, not varints.
-pub const STORE_FORMAT: u32 = 3;
+pub const STORE_FORMAT: u32 = 2;
 const FORMAT_KEY: &[u8] = b"m/format";
 
 /// What longmem remembers about one user. Small and bounded: the recent-item window has a fixed
@@ -81,40 +80,7 @@ pub struct ModelState {
 pub enum StateTensors {
     F32(Vec<Vec<f32>>),
     /// IEEE 754 half-precision bit patterns.
-    F16(#[serde(with = "half_tensors")] Vec<Vec<u16>>),
-}
-
-/// Half-precision tensors stored as little-endian bytes: postcard writes a bare `u16` as a varint,
-/// three bytes for most halves, which made the f16 record half again as large as its data.
-mod half_tensors {
-    use serde::de::Error;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use serde_bytes::ByteBuf;
-
-    pub fn serialize<S: Serializer>(tensors: &[Vec<u16>], s: S) -> Result<S::Ok, S::Error> {
-        let bytes: Vec<ByteBuf> = tensors
-            .iter()
-            .map(|t| ByteBuf::from(t.iter().flat_map(|b| b.to_le_bytes()).collect::<Vec<u8>>()))
-            .collect();
-        bytes.serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u16>>, D::Error> {
-        let bytes = Vec::<ByteBuf>::deserialize(d)?;
-        bytes
-            .iter()
-            .map(|b| {
-                if b.len() % 2 != 0 {
-                    return Err(D::Error::custom(
-                        "a half-precision tensor of an odd byte count",
-                    ));
-                }
-                Ok(b.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect())
-            })
-            .collect()
-    }
+    F16(Vec<Vec<u16>>),
 }
 
 impl Default for StateTensors {
