@@ -209,7 +209,7 @@ impl Inventory {
                     }
                     let closed = closing_count(&self.config, memory, &event);
                     if closed.is_empty() {
-                        judge.assess(memory, &lane.key, i, &event, &mut outcome.alerts);
+                        judge.read_risk(memory, &lane.key, i, &event, &mut outcome.alerts);
                     } else {
                         // Read the risk once the forecaster has taken in the day it closed.
                         lane.days.extend(closed);
@@ -259,7 +259,7 @@ impl Inventory {
                 let lane = &mut lanes[l];
                 if lane.days.is_empty() {
                     if let Some((i, event)) = lane.reassess.take() {
-                        judge.assess(memory, &lane.key, i, &event, &mut outcome.alerts);
+                        judge.read_risk(memory, &lane.key, i, &event, &mut outcome.alerts);
                     }
                 }
             }
@@ -297,7 +297,7 @@ struct Judge<'a> {
 
 impl Judge<'_> {
     /// Assesses `memory` after `event` (message `i` of the batch) and adds the alerts it raises.
-    fn assess(
+    fn read_risk(
         &self,
         memory: &mut SkuMemory,
         key: &(String, String),
