@@ -338,9 +338,9 @@ fn passthrough(base: &Config, bootstrap: &str, workload: &Workload) -> anyhow::R
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path(), config.store.cache_bytes)?;
     let health = Arc::new(Health::default());
-    let source = Source::new(&config, store, health.clone())?;
-    let sink = Sink::new(&config)?;
     let shutdown = Shutdown::new();
+    let source = Source::new(&config, store, health.clone(), shutdown.clone())?;
+    let sink = Sink::new(&config)?;
     let max_wait = Duration::from_millis(config.batch.max_wait_ms);
     let (mut copied, mut started) = (0usize, None);
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -485,11 +485,14 @@ fn commit_id() -> String {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let base = Config::load(&args.config)?;
+    let mut base = Config::load(&args.config)?;
     let (_own, bootstrap) = match &args.brokers {
         Some(b) => (None, b.clone()),
         None => {
             let (child, b) = start_tansu()?;
+            // tansu holds each fetch for this long; much shorter and it answers a deep backlog
+            // with nothing at all (issue 17).
+            crate::demo::harness_fetch_wait(&mut base, 100);
             (Some(child), b)
         }
     };

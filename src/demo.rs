@@ -205,6 +205,21 @@ pub(crate) fn create_topics(bootstrap: &str, config: &Config) -> anyhow::Result<
     Ok(())
 }
 
+/// The harness brokers (rdkafka's embedded mock cluster, tansu) hold a fetch for its whole
+/// `fetch.wait.max.ms` even when data arrives meanwhile, where a Kafka broker answers at once; with
+/// the daemon's 500 ms default the tools would measure that wait instead of the daemon. Unless the
+/// config sets it, their runs use `ms` (docs/performance.md, "Broker settings of the tools").
+pub fn harness_fetch_wait(config: &mut Config, ms: u32) {
+    config
+        .kafka
+        .consumer
+        .entry("fetch.wait.max.ms".to_string())
+        .or_insert_with(|| ms.to_string());
+}
+
+/// The mock cluster reads any offset straight from memory, so a short wait never starves a fetch.
+pub const MOCK_FETCH_WAIT_MS: u32 = 10;
+
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let titles = movielens_titles(&args.data);
@@ -237,6 +252,9 @@ pub fn replay_movielens(args: &DemoArgs, mut config: Config) -> anyhow::Result<R
         config.topics.suffix_with(&run);
     }
     let broker = start_broker(args, &config)?;
+    if args.brokers.is_none() {
+        harness_fetch_wait(&mut config, MOCK_FETCH_WAIT_MS);
+    }
     let store_dir = tempfile::Builder::new().prefix("longmem-demo-").tempdir()?;
     config.kafka.bootstrap_servers = broker.bootstrap.clone();
     config.kafka.group_id = format!("longmem-demo-{}", std::process::id());

@@ -399,6 +399,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             mock.create_topic(&config.topics.dead_letter, 1, 1)?;
             let b = mock.bootstrap_servers();
             _mock = mock;
+            demo::harness_fetch_wait(&mut config, demo::MOCK_FETCH_WAIT_MS);
             b
         }
     };

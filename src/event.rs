@@ -4,8 +4,12 @@
 //! checks that they agree. Decoding never fails the pipeline: a message that breaks a rule becomes
 //! a [`Rejection`] with a typed [`RejectReason`], which the pipeline sends to the dead-letter topic.
 
+use std::cell::RefCell;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use unicode_general_category::{get_general_category, GeneralCategory};
 
 use crate::config::LimitsConfig;
 
@@ -196,7 +200,9 @@ pub enum RejectReason {
     EmptyPayload,
     Oversize,
     InvalidUtf8,
+    ByteOrderMark,
     MalformedJson,
+    DuplicateField,
     NotAnObject,
     MissingKey,
     EmptyKey,
@@ -206,17 +212,20 @@ pub enum RejectReason {
     UnknownField,
     WrongType,
     InvalidValue,
+    ForbiddenCharacter,
     OutOfRange,
     TimestampInFuture,
     TimestampTooOld,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 19] = [
         RejectReason::EmptyPayload,
         RejectReason::Oversize,
         RejectReason::InvalidUtf8,
+        RejectReason::ByteOrderMark,
         RejectReason::MalformedJson,
+        RejectReason::DuplicateField,
         RejectReason::NotAnObject,
         RejectReason::MissingKey,
         RejectReason::EmptyKey,
@@ -226,6 +235,7 @@ impl RejectReason {
         RejectReason::UnknownField,
         RejectReason::WrongType,
         RejectReason::InvalidValue,
+        RejectReason::ForbiddenCharacter,
         RejectReason::OutOfRange,
         RejectReason::TimestampInFuture,
         RejectReason::TimestampTooOld,
@@ -236,7 +246,9 @@ impl RejectReason {
             RejectReason::EmptyPayload => "empty_payload",
             RejectReason::Oversize => "oversize",
             RejectReason::InvalidUtf8 => "invalid_utf8",
+            RejectReason::ByteOrderMark => "byte_order_mark",
             RejectReason::MalformedJson => "malformed_json",
+            RejectReason::DuplicateField => "duplicate_field",
             RejectReason::NotAnObject => "not_an_object",
             RejectReason::MissingKey => "missing_key",
             RejectReason::EmptyKey => "empty_key",
@@ -246,6 +258,7 @@ impl RejectReason {
             RejectReason::UnknownField => "unknown_field",
             RejectReason::WrongType => "wrong_type",
             RejectReason::InvalidValue => "invalid_value",
+            RejectReason::ForbiddenCharacter => "forbidden_character",
             RejectReason::OutOfRange => "out_of_range",
             RejectReason::TimestampInFuture => "timestamp_in_future",
             RejectReason::TimestampTooOld => "timestamp_too_old",
@@ -291,12 +304,29 @@ pub fn decode(msg: &InMessage, limits: &LimitsConfig, now_ms: i64) -> Result<Eve
             format!("payload is not UTF-8: {e}"),
         )
     })?;
-    let value: Value = serde_json::from_str(text).map_err(|e| {
+    // RFC 8259 forbids a byte-order mark on the wire. Named apart from malformed JSON because the
+    // fix differs: the producer's text encoder adds it (a .NET or Windows default).
+    if text.starts_with('\u{feff}') {
+        return Err(reject(
+            RejectReason::ByteOrderMark,
+            "payload starts with a UTF-8 byte-order mark (EF BB BF); JSON sent over a network must \
+             not carry one (RFC 8259, section 8.1): encode the payload without it",
+        ));
+    }
+    let (value, duplicate) = parse_strict(text).map_err(|e| {
         reject(
             RejectReason::MalformedJson,
             format!("payload is not JSON: {e}"),
         )
     })?;
+    // serde_json keeps the last of two equal keys; a reader that keeps the first would see
+    // another user or event type in the same bytes. Neither is trusted.
+    if let Some(name) = duplicate {
+        return Err(reject(
+            RejectReason::DuplicateField,
+            format!("field `{}` appears more than once", truncate(&name, 64)),
+        ));
+    }
     let Value::Object(obj) = value else {
         return Err(reject(
             RejectReason::NotAnObject,
@@ -522,6 +552,93 @@ fn truncate(s: &str, max_chars: usize) -> String {
     }
 }
 
+/// Whether `c` is a control (Cc) or format (Cf) character, which ids may not contain.
+pub fn is_forbidden_in_id(c: char) -> bool {
+    matches!(
+        get_general_category(c),
+        GeneralCategory::Control | GeneralCategory::Format
+    )
+}
+
+/// Parses JSON as `serde_json::from_str::<Value>` does, and also returns the first key that an
+/// object (at any depth) repeats.
+fn parse_strict(text: &str) -> Result<(Value, Option<String>), serde_json::Error> {
+    let duplicate = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = StrictValue(&duplicate).deserialize(&mut de)?;
+    de.end()?;
+    Ok((value, duplicate.into_inner()))
+}
+
+/// Builds a [`Value`], noting a repeated object key instead of letting the later one win.
+#[derive(Clone, Copy)]
+struct StrictValue<'a>(&'a RefCell<Option<String>>);
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(self)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(self)?;
+            if obj.contains_key(&key) {
+                self.0.borrow_mut().get_or_insert(key);
+            } else {
+                obj.insert(key, value);
+            }
+        }
+        Ok(Value::Object(obj))
+    }
+}
+
 /// Typed access to an event object's fields, each failure a typed rejection naming the field.
 struct Fields<'a> {
     obj: &'a Map<String, Value>,
@@ -615,10 +732,16 @@ impl<'a> Fields<'a> {
                 ),
             ));
         }
-        if s.chars().any(char::is_control) {
+        // Control (Cc) and format (Cf) characters are invisible: U+202E reverses the text around
+        // it, U+200B joins nothing, so two ids that print the same would be two users.
+        if let Some(c) = s.chars().find(|c| is_forbidden_in_id(*c)) {
             return Err(reject(
-                RejectReason::InvalidValue,
-                format!("field `{name}` contains control characters"),
+                RejectReason::ForbiddenCharacter,
+                format!(
+                    "field `{name}` contains U+{:04X}, a control or format character (Unicode \
+                     categories Cc, Cf), which ids may not contain",
+                    c as u32
+                ),
             ));
         }
         Ok(s.to_string())
@@ -789,6 +912,31 @@ mod tests {
         let cases: &[(Option<&str>, &str, RejectReason)] = &[
             (Some("u1"), "", RejectReason::EmptyPayload),
             (Some("u1"), "{", RejectReason::MalformedJson),
+            (
+                Some("u1"),
+                "\u{feff}{\"event_type\":\"click\",\"user_id\":\"u1\",\"item_id\":\"i\",\"timestamp_ms\":1700000000000}",
+                RejectReason::ByteOrderMark,
+            ),
+            (
+                Some("b2"),
+                r#"{"event_type":"click","user_id":"b1","item_id":"i","timestamp_ms":1700000000000,"user_id":"b2"}"#,
+                RejectReason::DuplicateField,
+            ),
+            (
+                Some("sku1@dc1"),
+                r#"{"event_type":"demand","sku":"sku1","location":"dc1","quantity":1,"timestamp_ms":1700000000000,"source":{"topic":"t","partition":0,"offset":1,"offset":2}}"#,
+                RejectReason::DuplicateField,
+            ),
+            (
+                Some("b1\u{202e}"),
+                "{\"event_type\":\"click\",\"user_id\":\"b1\u{202e}\",\"item_id\":\"i\",\"timestamp_ms\":1700000000000}",
+                RejectReason::ForbiddenCharacter,
+            ),
+            (
+                Some("u1"),
+                r#"{"event_type":"click","user_id":"u1","item_id":"a\u200bb","timestamp_ms":1700000000000}"#,
+                RejectReason::ForbiddenCharacter,
+            ),
             (Some("u1"), "[1,2]", RejectReason::NotAnObject),
             (None, ok, RejectReason::MissingKey),
             (Some(""), ok, RejectReason::EmptyKey),
@@ -880,6 +1028,77 @@ mod tests {
             let mut m = msg(Some("u1"), "");
             m.payload = Some(bytes);
             let _ = decode(&m, &LimitsConfig::default(), NOW);
+        }
+    }
+
+    #[test]
+    fn ids_refuse_control_and_format_characters_only() {
+        for c in [
+            '\u{0}',
+            '\u{7}',
+            '\u{85}',
+            '\u{ad}',
+            '\u{200b}',
+            '\u{200e}',
+            '\u{202e}',
+            '\u{2066}',
+            '\u{feff}',
+            '\u{e0041}',
+        ] {
+            assert!(is_forbidden_in_id(c), "U+{:04X}", c as u32);
+        }
+        for c in ['a', 'ü', '用', ' ', '-', '@', '\u{1f600}', '\u{300}'] {
+            assert!(!is_forbidden_in_id(c), "U+{:04X}", c as u32);
+        }
+    }
+
+    #[test]
+    fn equal_keys_at_any_depth_are_found_and_distinct_keys_parse_as_serde_json_does() {
+        let (_, dup) = parse_strict(r#"{"a":1,"b":{"c":[{"d":1,"d":2}]}}"#).unwrap();
+        assert_eq!(dup.as_deref(), Some("d"));
+        let text = r#"{"a":1.5,"b":[true,null,"x",-3,18446744073709551615],"c":{"d":{}}}"#;
+        let (value, dup) = parse_strict(text).unwrap();
+        assert_eq!(dup, None);
+        assert_eq!(value, serde_json::from_str::<Value>(text).unwrap());
+        assert!(parse_strict(r#"{"a":1} x"#).is_err(), "trailing characters");
+    }
+
+    use proptest::prelude::Strategy;
+
+    proptest::proptest! {
+        /// Any bytes at all: an event or a typed rejection, never a panic.
+        #[test]
+        fn any_bytes_decode_to_an_event_or_a_typed_reject(
+            key in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..16)),
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+        ) {
+            let m = InMessage { key, payload: Some(payload), ..msg(None, "") };
+            if let Err(r) = decode(&m, &LimitsConfig::default(), NOW) {
+                proptest::prop_assert!(RejectReason::ALL.contains(&r.reason));
+                proptest::prop_assert!(!r.detail.is_empty());
+            }
+        }
+
+        /// JSON-shaped text built from the fields events use, with any values: the same.
+        #[test]
+        fn any_json_objects_decode_to_an_event_or_a_typed_reject(
+            fields in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["event_type", "user_id", "item_id", "timestamp_ms", "quantity", "price", "sku", "location", "on_hand", "source", "x"]),
+                    proptest::prop_oneof![
+                        proptest::sample::select(vec!["\"click\"", "\"purchase\"", "\"inventory\"", "\"demand\"", "\"u1\"", "1700000000000", "-1", "1e400", "null", "[]", "{}", "\"\\u202e\"", "\"\\ud800\""]).prop_map(String::from),
+                        ".{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+                        proptest::num::i64::ANY.prop_map(|n| n.to_string()),
+                    ],
+                ),
+                0..8,
+            ),
+        ) {
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let m = msg(Some("u1"), &format!("{{{}}}", body.join(",")));
+            if let Err(r) = decode(&m, &LimitsConfig::default(), NOW) {
+                proptest::prop_assert!(RejectReason::ALL.contains(&r.reason));
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -162,18 +163,36 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
             metrics::bind(&config.metrics.listen, handle, health.clone(), stop.clone()).await?;
         let server = tokio::spawn(server);
         tokio::spawn(shutdown::on_signals(stop.clone()));
+        tokio::spawn(metrics::watchdog(
+            health.clone(),
+            Duration::from_secs(config.metrics.stall_timeout_s),
+            stop.clone(),
+        ));
         tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /readyz");
         let pipeline_stop = stop.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let grace = config.in_flight_deadline();
+        let pipeline = tokio::task::spawn_blocking(move || {
             pipeline::run(
                 &config,
                 health,
                 pipeline_stop,
                 Arc::new(RunStats::default()),
             )
-        })
-        .await
-        .context("the pipeline thread panicked")?;
+        });
+        // Shutdown waits for the batch in hand, never for ever: past the deadline the process
+        // exits without it (its state is unwritten, so a restart replays it from the store).
+        let mut stopping = stop.clone();
+        let overdue = async move {
+            stopping.wait().await;
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            joined = pipeline => joined.context("the pipeline thread panicked")?,
+            _ = overdue => {
+                tracing::error!(?grace, "the pipeline did not stop within the deadline after shutdown; exiting without it (unwritten batches replay on restart)");
+                std::process::exit(1);
+            }
+        };
         stop.trigger();
         if let Ok(Err(e)) = server.await {
             tracing::warn!(error = %e, "metrics server stopped with an error");

@@ -1,12 +1,14 @@
 //! Every metric longmem exports, declared and described here once, and the HTTP endpoint that serves
-//! them with the health probes: `/metrics` (Prometheus text), `/healthz` (the process is alive and its
-//! pipeline has not failed) and `/readyz` (the model is loaded and partitions are assigned).
+//! them with the health probes: `/metrics` (Prometheus text), `/healthz` (the process is alive, its
+//! pipeline has not failed, and the watchdog does not see it stalled: messages waiting on assigned
+//! partitions and no micro-batch completed for `metrics.stall_timeout_s`) and `/readyz` (healthy,
+//! the model is loaded and partitions are assigned).
 //!
 //! Conventions: prefix `longmem_`, units in the name, labels with bounded values only (event type,
 //! reject reason, pipeline stage, topic and partition); never a user or item id.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -40,6 +42,7 @@ pub const STORE_VOLUME_AVAILABLE: &str = "longmem_store_volume_available_bytes";
 pub const ALERTS: &str = "longmem_alerts_produced_total";
 pub const DEMAND_FORWARDED: &str = "longmem_demand_records_forwarded_total";
 pub const DEMAND_DUPLICATES: &str = "longmem_demand_records_duplicate_total";
+pub const STALLS: &str = "longmem_pipeline_stalls_total";
 pub const MODEL_INFO: &str = "longmem_model_info";
 pub const EXECUTION_PROVIDER: &str = "longmem_execution_provider_info";
 
@@ -89,6 +92,7 @@ pub fn install() -> PrometheusHandle {
                 PRODUCE_RETRIES,
                 DEMAND_FORWARDED,
                 DEMAND_DUPLICATES,
+                STALLS,
             ] {
                 counter!(c).absolute(0);
             }
@@ -137,6 +141,11 @@ fn describe() {
         DEMAND_DUPLICATES,
         Unit::Count,
         "Demand records already counted (written again by a retried batch) and skipped."
+    );
+    describe_counter!(
+        STALLS,
+        Unit::Count,
+        "Times the watchdog found the pipeline stalled: messages waiting on assigned partitions and no micro-batch completed for metrics.stall_timeout_s (/healthz fails meanwhile)."
     );
     describe_histogram!(BATCH_SIZE, Unit::Count, "Messages per micro-batch.");
     describe_histogram!(
@@ -290,6 +299,12 @@ pub struct Health {
     pub assigned_partitions: AtomicUsize,
     /// Set when the pipeline stopped on an error it cannot recover from.
     pub failed: AtomicBool,
+    /// Messages waiting on the assigned partitions, as of the consumer's last statistics.
+    lag: AtomicI64,
+    /// When a micro-batch last completed, or partitions were last assigned (ms since the epoch).
+    last_progress_ms: AtomicI64,
+    /// Set by the watchdog while the pipeline makes no progress with messages waiting.
+    stalled: AtomicBool,
 }
 
 impl Health {
@@ -297,6 +312,63 @@ impl Health {
         self.model_loaded.load(Ordering::Relaxed)
             && self.assigned_partitions.load(Ordering::Relaxed) > 0
             && !self.failed.load(Ordering::Relaxed)
+            && !self.stalled.load(Ordering::Relaxed)
+    }
+
+    pub fn is_live(&self) -> bool {
+        !self.failed.load(Ordering::Relaxed) && !self.stalled.load(Ordering::Relaxed)
+    }
+
+    pub fn record_lag(&self, messages: i64) {
+        self.lag.store(messages, Ordering::Relaxed);
+    }
+
+    /// A micro-batch completed (or partitions were assigned): the pipeline is moving.
+    pub fn record_progress(&self) {
+        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// One watchdog look at the pipeline: stalled when partitions are assigned, messages wait on
+    /// them, and nothing completed for `timeout`. Logs and counts each stall once, and its end.
+    pub fn check_stall(&self, timeout: Duration) -> bool {
+        let lag = self.lag.load(Ordering::Relaxed);
+        let partitions = self.assigned_partitions.load(Ordering::Relaxed);
+        let last = self.last_progress_ms.load(Ordering::Relaxed);
+        let idle_ms = if last == 0 { 0 } else { now_ms() - last };
+        let stalled = partitions > 0 && lag > 0 && idle_ms > timeout.as_millis() as i64;
+        let was = self.stalled.swap(stalled, Ordering::Relaxed);
+        if stalled && !was {
+            counter!(STALLS).increment(1);
+            tracing::error!(
+                idle_seconds = idle_ms / 1000,
+                lag,
+                partitions,
+                "pipeline stalled: no micro-batch completed while messages wait on assigned \
+                 partitions; /healthz fails so that the daemon is restarted. If the broker \
+                 answers fetches slowly, raise kafka.consumer fetch.wait.max.ms \
+                 (docs/operations.md, \"Stalled pipeline\")"
+            );
+        } else if was && !stalled {
+            tracing::info!(lag, "pipeline moving again; /healthz passes");
+        }
+        stalled
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs [`Health::check_stall`] every second until shutdown.
+pub async fn watchdog(health: Arc<Health>, timeout: Duration, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => { health.check_stall(timeout); }
+            _ = shutdown.wait() => break,
+        }
     }
 }
 
@@ -365,6 +437,11 @@ async fn metrics_page(
 async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     if state.health.failed.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "pipeline failed\n")
+    } else if state.health.stalled.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pipeline stalled: messages wait and no micro-batch completed\n",
+        )
     } else {
         (StatusCode::OK, "ok\n")
     }
@@ -375,7 +452,64 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
         (StatusCode::OK, "ready\n")
     } else if !state.health.model_loaded.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "model not loaded\n")
+    } else if !state.health.is_live() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pipeline failed or stalled\n",
+        )
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no partitions assigned\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(partitions: usize, lag: i64, idle: Duration) -> Health {
+        let h = Health::default();
+        h.model_loaded.store(true, Ordering::Relaxed);
+        h.assigned_partitions.store(partitions, Ordering::Relaxed);
+        h.record_lag(lag);
+        h.last_progress_ms
+            .store(now_ms() - idle.as_millis() as i64, Ordering::Relaxed);
+        h
+    }
+
+    #[test]
+    fn stalled_only_with_partitions_lag_and_no_progress_past_the_timeout() {
+        let timeout = Duration::from_secs(60);
+        let stalled = health(4, 37_814, Duration::from_secs(150));
+        assert!(stalled.check_stall(timeout));
+        assert!(!stalled.is_live() && !stalled.is_ready());
+
+        assert!(
+            !health(4, 0, Duration::from_secs(150)).check_stall(timeout),
+            "idle, nothing waits"
+        );
+        assert!(
+            !health(0, 500, Duration::from_secs(150)).check_stall(timeout),
+            "no partitions"
+        );
+        assert!(
+            !health(4, 500, Duration::from_secs(30)).check_stall(timeout),
+            "recent progress"
+        );
+        let fresh = Health::default();
+        fresh.assigned_partitions.store(4, Ordering::Relaxed);
+        fresh.record_lag(10);
+        assert!(
+            !fresh.check_stall(timeout),
+            "nothing assigned or completed yet"
+        );
+    }
+
+    #[test]
+    fn a_stall_ends_when_a_batch_completes() {
+        let h = health(4, 1_000, Duration::from_secs(120));
+        assert!(h.check_stall(Duration::from_secs(60)));
+        h.record_progress();
+        assert!(!h.check_stall(Duration::from_secs(60)));
+        assert!(h.is_live() && h.is_ready());
     }
 }

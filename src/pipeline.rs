@@ -212,7 +212,7 @@ fn run_inner(
     let store = Store::open(&config.store.path, config.store.cache_bytes)?;
     metrics::record_store(&store);
     let sink = Sink::new(config)?;
-    let source = Source::new(config, store.clone(), health.clone())?;
+    let source = Source::new(config, store.clone(), health.clone(), shutdown.clone())?;
     let in_flight = source.in_flight();
     let pending = Mutex::new(Pending::default());
     let mut worker = Worker {
@@ -241,7 +241,7 @@ fn run_inner(
         let mut last_gauges = Instant::now();
         let mut seq = 0u64;
         let outcome = loop {
-            match commit_finished(&source, reports.try_iter(), stats) {
+            match commit_finished(&source, reports.try_iter(), stats, health) {
                 Ok(true) => {}
                 Ok(false) => break Ok(()), // shutdown interrupted a batch; it will be replayed
                 Err(e) => break Err(e),
@@ -280,7 +280,7 @@ fn run_inner(
         };
         // Let the finisher write what it was handed, then commit those offsets too.
         drop(hand_on);
-        let finished = commit_finished(&source, reports.iter(), stats);
+        let finished = commit_finished(&source, reports.iter(), stats, health);
         outcome.and(finished.map(|_| ()))
     });
     source.close();
@@ -295,10 +295,12 @@ fn commit_finished(
     source: &Source,
     reports: impl Iterator<Item = Finished>,
     stats: &RunStats,
+    health: &Health,
 ) -> Result<bool, PipelineError> {
     for report in reports {
         match report {
             Finished::Written(next_offsets) => {
+                health.record_progress();
                 let t = Instant::now();
                 if let Err(e) =
                     source.commit(next_offsets.iter().map(|(t, p, o)| (t.as_str(), *p, *o)))

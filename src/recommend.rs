@@ -226,6 +226,7 @@ mod tests {
             mode: ModelMode::Auto,
             exclude_seen: true,
             intra_threads: 1,
+            intra_op_spinning: false,
             runtime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
         })
         .unwrap()

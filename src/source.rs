@@ -15,7 +15,7 @@
 //!   be finished, and librdkafka's prefetch queue is bounded (`queued.max.messages.kbytes`), so a
 //!   slow model slows consumption instead of growing memory.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,10 +49,11 @@ type Partition = (String, i32);
 
 /// Batches handed on by the pipeline whose state is not yet in the store. A rebalance waits for
 /// none: the offsets it reads and commits must be those of everything processed.
-#[derive(Default)]
 pub struct InFlight {
     count: Mutex<usize>,
     idle: std::sync::Condvar,
+    /// How long a rebalance waits for them: a batch that takes longer is stuck (see [`InFlight::wait_idle`]).
+    deadline: Duration,
 }
 
 impl InFlight {
@@ -69,11 +70,14 @@ impl InFlight {
         }
     }
 
-    pub fn wait_idle(&self) {
-        let mut n = self.count.lock().expect("in-flight lock");
-        while *n > 0 {
-            n = self.idle.wait(n).expect("in-flight lock");
-        }
+    /// Waits until no batch is in flight; `false` when one still is after the deadline.
+    pub fn wait_idle(&self) -> bool {
+        let n = self.count.lock().expect("in-flight lock");
+        let (n, _) = self
+            .idle
+            .wait_timeout_while(n, self.deadline, |n| *n > 0)
+            .expect("in-flight lock");
+        *n == 0
     }
 }
 
@@ -82,7 +86,13 @@ pub struct SourceContext {
     store: Store,
     in_flight: Arc<InFlight>,
     health: Arc<Health>,
+    shutdown: Shutdown,
     assigned: Mutex<HashSet<Partition>>,
+    /// Next offset the pipeline will process, per assigned partition, where known: the stored offset
+    /// at assignment, then each finished batch's. Lag is measured from here, not from librdkafka's
+    /// fetch position, which runs ahead of processing (prefetch) and is unknown before the first
+    /// message (so librdkafka reports no lag for a partition that never delivers one).
+    positions: Mutex<HashMap<Partition, i64>>,
     /// Partitions revoked since the poll loop last looked; their unprocessed messages are dropped.
     revoked: Mutex<Vec<Partition>>,
 }
@@ -90,13 +100,26 @@ pub struct SourceContext {
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
         let assigned = self.assigned.lock().expect("assigned lock");
+        let positions = self.positions.lock().expect("positions lock");
+        let mut total = 0i64;
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
-                if p.consumer_lag >= 0 && assigned.contains(&(topic.clone(), *partition)) {
-                    metrics::record_lag(topic, *partition, p.consumer_lag);
+                let key = (topic.clone(), *partition);
+                if !assigned.contains(&key) || p.hi_offset < 0 {
+                    continue;
                 }
+                let lag = match positions.get(&key) {
+                    Some(next) => (p.hi_offset - next).max(0),
+                    None if p.consumer_lag >= 0 => p.consumer_lag,
+                    None if p.committed_offset >= 0 => (p.hi_offset - p.committed_offset).max(0),
+                    // Never processed here and nothing committed: everything retained is waiting.
+                    None => (p.hi_offset - p.lo_offset.max(0)).max(0),
+                };
+                metrics::record_lag(topic, *partition, lag);
+                total += lag;
             }
         }
+        self.health.record_lag(total);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
@@ -115,7 +138,27 @@ impl ConsumerContext for SourceContext {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
-        self.in_flight.wait_idle();
+        if !self.in_flight.wait_idle() {
+            // A batch may still write its state and offsets: reading or committing offsets now
+            // could apply events twice. Stop instead; a restart reads everything from the store.
+            tracing::error!(
+                deadline = ?self.in_flight.deadline,
+                "a micro-batch is still unwritten after the in-flight deadline during a rebalance \
+                 (outputs not acknowledged, or the store not written); stopping without taking \
+                 the new assignment. Check the broker and the store volume; the restart resumes \
+                 from the store"
+            );
+            self.health.failed.store(true, Ordering::Relaxed);
+            self.shutdown.trigger();
+            if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                let _ = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+            }
+            return;
+        }
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.seek_to_stored_offsets(tpl);
@@ -129,6 +172,8 @@ impl ConsumerContext for SourceContext {
                     assigned.clear();
                 }
                 assigned.extend(partitions_of(tpl));
+                // A new assignment has not stalled yet: the watchdog's clock starts now.
+                self.health.record_progress();
                 tracing::info!(partitions = ?partitions_of(tpl), "partitions assigned");
                 r
             }
@@ -140,8 +185,12 @@ impl ConsumerContext for SourceContext {
                     .expect("revoked lock")
                     .extend(revoked.iter().cloned());
                 let mut assigned = self.assigned.lock().expect("assigned lock");
+                let mut positions = self.positions.lock().expect("positions lock");
                 for p in &revoked {
                     assigned.remove(p);
+                    positions.remove(p);
+                    // Another instance reports this partition's lag now.
+                    metrics::record_lag(&p.0, p.1, 0);
                 }
                 tracing::info!(partitions = ?revoked, "partitions revoked");
                 if cooperative {
@@ -153,6 +202,7 @@ impl ConsumerContext for SourceContext {
             other => {
                 tracing::error!(error = ?other, "rebalance failed; releasing the assignment");
                 self.assigned.lock().expect("assigned lock").clear();
+                self.positions.lock().expect("positions lock").clear();
                 consumer.unassign()
             }
         };
@@ -177,6 +227,10 @@ impl SourceContext {
         for (topic, partition) in partitions_of(tpl) {
             match self.store.next_offset(&topic, partition) {
                 Ok(Some(next)) => {
+                    self.positions
+                        .lock()
+                        .expect("positions lock")
+                        .insert((topic.clone(), partition), next);
                     if let Err(e) =
                         tpl.set_partition_offset(&topic, partition, Offset::Offset(next))
                     {
@@ -216,13 +270,22 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("session.timeout.ms", "10000"),
     ("statistics.interval.ms", "5000"),
     ("queued.max.messages.kbytes", "16384"),
-    // librdkafka's 500 ms default holds a quiet partition's next event that long: latency, not load.
-    ("fetch.wait.max.ms", "10"),
+    // How long the broker may hold a fetch that finds nothing new. A Kafka broker answers as soon
+    // as there is data, so this costs no latency under load. Keep it well above the broker's time
+    // to read a deep backlog: a broker that cuts its read off at this wait (tansu) answers every
+    // fetch empty once reading takes longer, and consumption stops for good (issue 17: 10 ms
+    // stalled the daemon after a backlog of ~40k messages built up; docs/operations.md).
+    ("fetch.wait.max.ms", "500"),
     ("partition.assignment.strategy", "range,roundrobin"),
 ];
 
 impl Source {
-    pub fn new(config: &Config, store: Store, health: Arc<Health>) -> Result<Source, SourceError> {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        health: Arc<Health>,
+        shutdown: Shutdown,
+    ) -> Result<Source, SourceError> {
         let mut cc = ClientConfig::new();
         for (k, v) in CONSUMER_DEFAULTS {
             cc.set(*k, *v);
@@ -234,11 +297,22 @@ impl Source {
             .set("group.id", &config.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
+        // Static membership (KIP-345): a restarted instance takes its partitions back at once
+        // instead of waiting for its old member's session to expire and rebalancing the group.
+        if let Some(id) = &config.kafka.instance_id {
+            cc.set("group.instance.id", id);
+        }
         let context = SourceContext {
             store,
-            in_flight: Arc::default(),
+            in_flight: Arc::new(InFlight {
+                count: Mutex::new(0),
+                idle: std::sync::Condvar::new(),
+                deadline: config.in_flight_deadline(),
+            }),
             health,
+            shutdown,
             assigned: Mutex::new(HashSet::new()),
+            positions: Mutex::new(HashMap::new()),
             revoked: Mutex::new(Vec::new()),
         };
         let consumer: BaseConsumer<SourceContext> = cc
@@ -315,8 +389,17 @@ impl Source {
         next_offsets: impl Iterator<Item = (&'a str, i32, i64)>,
     ) -> KafkaResult<()> {
         let mut tpl = TopicPartitionList::new();
-        for (topic, partition, next) in next_offsets {
-            tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
+        {
+            let mut positions = self
+                .consumer
+                .context()
+                .positions
+                .lock()
+                .expect("positions lock");
+            for (topic, partition, next) in next_offsets {
+                tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
+                positions.insert((topic.to_string(), partition), next);
+            }
         }
         if tpl.count() == 0 {
             return Ok(());

@@ -143,7 +143,45 @@ fn corpus() -> Vec<BadMessage> {
             p(&format!(
                 r#"{{"event_type":"click","user_id":"u1","item_id":"a\u0007b","timestamp_ms":{TS}}}"#
             )),
-            "invalid_value",
+            "forbidden_character",
+        ),
+        (
+            "right-to-left override in the user id (the key carries it too)",
+            k("b1\u{202e}"),
+            p(&format!(
+                r#"{{"event_type":"click","user_id":"b1\u202e","item_id":"50","timestamp_ms":{TS}}}"#
+            )),
+            "forbidden_character",
+        ),
+        (
+            "zero-width space in the user id, raw UTF-8",
+            k("b\u{200b}1"),
+            p(&format!(
+                "{{\"event_type\":\"click\",\"user_id\":\"b\u{200b}1\",\"item_id\":\"50\",\"timestamp_ms\":{TS}}}"
+            )),
+            "forbidden_character",
+        ),
+        (
+            "user id given twice (the last one matches the key)",
+            k("b2"),
+            p(&format!(
+                r#"{{"event_type":"click","user_id":"b1","item_id":"50","timestamp_ms":{TS},"user_id":"b2"}}"#
+            )),
+            "duplicate_field",
+        ),
+        (
+            "event type given twice",
+            k("u1"),
+            p(&format!(
+                r#"{{"event_type":"click","user_id":"u1","item_id":"50","timestamp_ms":{TS},"event_type":"purchase"}}"#
+            )),
+            "duplicate_field",
+        ),
+        (
+            "byte-order mark before the JSON",
+            k("u1"),
+            [&[0xef, 0xbb, 0xbf][..], good.as_bytes()].concat(),
+            "byte_order_mark",
         ),
         (
             "absurdly long id",

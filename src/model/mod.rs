@@ -379,6 +379,8 @@ fn open_graph(
     let mut builder = Session::builder(env)
         .map_err(|e| load_err(&e))?
         .with_intra_threads(config.intra_threads)
+        .map_err(|e| load_err(&e))?
+        .with_intra_op_spinning(config.intra_op_spinning)
         .map_err(|e| load_err(&e))?;
     let provider = match config.execution_provider {
         ExecutionProvider::Cpu => ExecutionProvider::Cpu,
@@ -495,6 +497,7 @@ mod tests {
             exclude_seen: true,
             mode: ModelMode::Auto,
             intra_threads: 1,
+            intra_op_spinning: false,
             runtime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
         }
     }
