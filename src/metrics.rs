@@ -346,7 +346,7 @@ impl Health {
                 "pipeline stalled: no micro-batch completed while messages wait on assigned \
                  partitions; /healthz fails so that the daemon is restarted. If the broker \
                  answers fetches slowly, raise kafka.consumer fetch.wait.max.ms \
-                 (docs/operations.md, \"Stalled pipeline\")"
+                 (docs/operations.md, LongmemPipelineStalled)"
             );
         } else if was && !stalled {
             tracing::info!(lag, "pipeline moving again; /healthz passes");
