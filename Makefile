@@ -24,6 +24,8 @@ check-training:
 
 lint:
 	cargo fmt --check
+	# The daemon's core builds without the tools: it cannot reach into them.
+	cargo check --no-default-features --lib --bins
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features cuda -- -D warnings
 

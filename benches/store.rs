@@ -33,7 +33,7 @@ fn main() {
         .unwrap_or(100_000);
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/seqrec/recbole_ml100k");
-    let items: Vec<String> = longmem::demo::movielens_events(&data)
+    let items: Vec<String> = longmem::tools::demo::movielens_events(&data)
         .expect("MovieLens-100k from ../shared/data")
         .into_iter()
         .map(|e| e.item_id)
@@ -98,7 +98,7 @@ fn main() {
         store.commit(&batch).unwrap();
     }
     // Resident memory at its peak: the store's cache is 64 MiB, so much more is sled's own overhead.
-    let peak_rss = longmem::bench::process_status_bytes("VmHWM");
+    let peak_rss = longmem::tools::bench::process_status_bytes("VmHWM");
     let encoded = postcard::to_allocvec(&store.user("user-0").unwrap().unwrap())
         .unwrap()
         .len();

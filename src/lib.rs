@@ -4,14 +4,12 @@
 //! [`source`] (consumer) → [`batch`] (micro-batcher) → [`event`] (decode and validate) →
 //! [`memory`] (sled) → [`recommend`] with [`model`] (ONNX Runtime) → [`sink`] (producer), wired by [`pipeline`],
 //! configured by [`config`], observed through [`metrics`], stopped by [`shutdown`].
-//! [`demo`] runs the whole daemon on MovieLens-100k against an embedded broker; [`stream_eval`]
-//! scores its live recommendations, [`evaluate`] its inventory alerts.
+//! [`tools`] (the `tools` feature, on by default) holds what runs the daemon from outside: the demo,
+//! the benchmark, the supply-chain simulator and the evaluations. The daemon's modules never use
+//! it: `cargo check --no-default-features` builds the core alone (part of `make lint`).
 
 pub mod batch;
-pub mod bench;
 pub mod config;
-pub mod demo;
-pub mod evaluate;
 pub mod event;
 pub mod inventory;
 pub mod memory;
@@ -20,8 +18,8 @@ pub mod model;
 pub mod pipeline;
 pub mod recommend;
 pub mod shutdown;
-pub mod simulate;
 pub mod sink;
 pub mod source;
-pub mod stream_eval;
 pub mod supply;
+#[cfg(feature = "tools")]
+pub mod tools;

@@ -40,15 +40,19 @@ enum Command {
         #[command(subcommand)]
         what: InspectWhat,
     },
+    #[cfg(feature = "tools")]
     /// Stream MovieLens-100k through the daemon on an embedded broker and print a summary.
-    Demo(longmem::demo::DemoArgs),
+    Demo(longmem::tools::demo::DemoArgs),
+    #[cfg(feature = "tools")]
     /// Throughput, latency, CPU and memory on a real broker, next to the ceilings measured in the same run.
-    Bench(longmem::bench::BenchArgs),
+    Bench(longmem::tools::bench::BenchArgs),
+    #[cfg(feature = "tools")]
     /// Write a simulated event stream driven by real data, with its ground truth.
     Simulate {
         #[command(subcommand)]
         what: SimulateWhat,
     },
+    #[cfg(feature = "tools")]
     /// Replay real or simulated data through the daemon and score its live output.
     #[command(alias = "eval")]
     Evaluate {
@@ -57,18 +61,20 @@ enum Command {
     },
 }
 
+#[cfg(feature = "tools")]
 #[derive(Subcommand)]
 enum SimulateWhat {
     /// SupplyGraph demand, replenishment orders, SCMS delivery delays; stockouts as ground truth.
-    SupplyChain(longmem::evaluate::SimulateCommand),
+    SupplyChain(longmem::tools::evaluate::SimulateCommand),
 }
 
+#[cfg(feature = "tools")]
 #[derive(Subcommand)]
 enum EvaluateWhat {
     /// Inventory alerts against the simulation's stockouts, next to the reorder-point rule.
-    SupplyChain(longmem::evaluate::EvaluateArgs),
+    SupplyChain(longmem::tools::evaluate::EvaluateArgs),
     /// HR@10 / NDCG@10 of the live recommendations on MovieLens-100k, next to the model card's.
-    Recommendations(longmem::stream_eval::RecommendationEvalArgs),
+    Recommendations(longmem::tools::stream_eval::RecommendationEvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -135,17 +141,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 ),
             }
         }
-        Command::Demo(args) => longmem::demo::run(args),
-        Command::Bench(args) => longmem::bench::run(args),
+        #[cfg(feature = "tools")]
+        Command::Demo(args) => longmem::tools::demo::run(args),
+        #[cfg(feature = "tools")]
+        Command::Bench(args) => longmem::tools::bench::run(args),
+        #[cfg(feature = "tools")]
         Command::Simulate {
             what: SimulateWhat::SupplyChain(args),
-        } => longmem::evaluate::run_simulate(args),
+        } => longmem::tools::evaluate::run_simulate(args),
+        #[cfg(feature = "tools")]
         Command::Evaluate {
             what: EvaluateWhat::SupplyChain(args),
-        } => longmem::evaluate::run_evaluate(args),
+        } => longmem::tools::evaluate::run_evaluate(args),
+        #[cfg(feature = "tools")]
         Command::Evaluate {
             what: EvaluateWhat::Recommendations(args),
-        } => longmem::stream_eval::run(args),
+        } => longmem::tools::stream_eval::run(args),
     }
 }
 

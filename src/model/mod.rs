@@ -539,8 +539,9 @@ mod tests {
     /// `step` fed event by event gives the same recommendations as `full` on the same prefix (the
     /// shipped SASRec's state covers its whole receptive field, so this holds for any history).
     #[test]
+    #[cfg(feature = "tools")] // the MovieLens reader lives with the tools
     fn step_matches_full_on_real_histories() {
-        let events = crate::demo::movielens_events(
+        let events = crate::tools::demo::movielens_events(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/seqrec/recbole_ml100k"),
         )
         .unwrap();

@@ -28,15 +28,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::{Config, ModelMode, StatePrecision};
-use crate::demo::{self, InProcessDaemon};
 use crate::event::{EventType, UserEvent};
 use crate::memory::{ModelState, StateTensors, Store, StoreBatch, UserMemory};
 use crate::metrics::Health;
 use crate::model::Model;
 use crate::shutdown::Shutdown;
-use crate::simulate::Rng;
 use crate::sink::{Output, Sink};
 use crate::source::Source;
+use crate::tools::demo::{self, InProcessDaemon};
+use crate::tools::simulate::Rng;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -492,7 +492,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let (child, b) = start_tansu()?;
             // tansu holds each fetch for this long; much shorter and it answers a deep backlog
             // with nothing at all (issue 17).
-            crate::demo::harness_fetch_wait(&mut base, 100);
+            crate::tools::demo::harness_fetch_wait(&mut base, 100);
             (Some(child), b)
         }
     };

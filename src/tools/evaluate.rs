@@ -1,6 +1,6 @@
 //! `longmem simulate supply-chain` and `longmem evaluate supply-chain`.
 //!
-//! The evaluation replays a simulation ([`crate::simulate`]) through the daemon on a broker, day by
+//! The evaluation replays a simulation ([`crate::tools::simulate`]) through the daemon on a broker, day by
 //! day (a day's early supply-chain events, then its purchases, which the daemon answers and
 //! forwards as demand, then the rest of the day), reads the alerts it raised and scores them against
 //! the simulation's ground truth. In the same run it scores the reorder-point rule a planner would
@@ -34,9 +34,9 @@ use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::demo::{self, InProcessDaemon};
-use crate::simulate::{self, SimEvent, Simulation, Stockout};
 use crate::supply::DAY_MS;
+use crate::tools::demo::{self, InProcessDaemon};
+use crate::tools::simulate::{self, SimEvent, Simulation, Stockout};
 
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {

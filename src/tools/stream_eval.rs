@@ -19,8 +19,8 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use crate::config::{Config, ModelMode};
-use crate::demo::{self, DemoArgs, Replay};
 use crate::event::Recommendation;
+use crate::tools::demo::{self, DemoArgs, Replay};
 
 #[derive(Debug, clap::Args)]
 pub struct RecommendationEvalArgs {
