@@ -99,7 +99,19 @@ fn main() {
         .init();
     if let Err(e) = dispatch(cli) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit_code(&e));
+    }
+}
+
+/// A configuration error exits with `EX_CONFIG` (78, sysexits.h), so a supervisor or a deploy
+/// script can tell "fix the config" from a failure at run time (1).
+const EXIT_CONFIG: i32 = 78;
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<longmem::config::ConfigError>().is_some() {
+        EXIT_CONFIG
+    } else {
+        1
     }
 }
 
@@ -117,6 +129,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             what: InspectWhat::User { id },
         } => {
             let config = Config::load(&config)?;
+            // Opening a sled path creates a store there: look, never create.
+            if !config.store.path.join("db").exists() {
+                anyhow::bail!(
+                    "no store at {} (store.path); start the daemon with this config first",
+                    config.store.path.display()
+                );
+            }
             let store = Store::open(&config.store.path, 16 << 20)?;
             match store.user(&id)? {
                 Some(memory) => {

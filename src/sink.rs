@@ -19,8 +19,8 @@ use crate::config::Config;
 pub enum SinkError {
     #[error("cannot create the Kafka producer: {0}. Check the [kafka] settings")]
     Create(KafkaError),
-    #[error("delivery to topic {topic} failed: {source}")]
-    Delivery { topic: String, source: KafkaError },
+    #[error("delivery to topic {topic} failed: {error}")]
+    Delivery { topic: String, error: KafkaError },
     #[error("the producer dropped a delivery report (it is shutting down)")]
     Canceled,
 }
@@ -86,10 +86,10 @@ impl Sink {
                         record = r;
                         std::thread::sleep(Duration::from_millis(1));
                     }
-                    Err((source, _)) => {
+                    Err((error, _)) => {
                         return Err(SinkError::Delivery {
                             topic: out.topic.to_string(),
-                            source,
+                            error,
                         })
                     }
                 }
@@ -100,10 +100,10 @@ impl Sink {
         for (topic, result) in topics.into_iter().zip(results) {
             match result {
                 Ok(Ok(_)) => {}
-                Ok(Err((source, _))) => {
+                Ok(Err((error, _))) => {
                     return Err(SinkError::Delivery {
                         topic: topic.to_string(),
-                        source,
+                        error,
                     })
                 }
                 Err(_) => return Err(SinkError::Canceled),

@@ -38,10 +38,10 @@ use crate::shutdown::Shutdown;
 pub enum SourceError {
     #[error("cannot create the Kafka consumer: {0}. Check the [kafka] settings")]
     Create(rdkafka::error::KafkaError),
-    #[error("cannot subscribe to topics.input {topics:?}: {source}")]
+    #[error("cannot subscribe to topics.input {topics:?}: {error}")]
     Subscribe {
         topics: Vec<String>,
-        source: rdkafka::error::KafkaError,
+        error: rdkafka::error::KafkaError,
     },
 }
 
@@ -321,9 +321,9 @@ impl Source {
         let topics: Vec<&str> = config.topics.input.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
-            .map_err(|source| SourceError::Subscribe {
+            .map_err(|error| SourceError::Subscribe {
                 topics: config.topics.input.clone(),
-                source,
+                error,
             })?;
         Ok(Source { consumer })
     }

@@ -75,8 +75,32 @@ fn bad_config_fails_naming_the_key() {
     assert!(err.contains("batch") && err.contains("max_wait"), "{err}");
 
     let o = longmem(&["check-config", "/nonexistent.toml"], &[]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("/nonexistent.toml"));
+    assert_eq!(
+        o.status.code(),
+        Some(78),
+        "config errors exit with EX_CONFIG"
+    );
+    let err = stderr(&o);
+    assert!(err.contains("/nonexistent.toml"), "{err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause is printed once: {err}"
+    );
+}
+
+#[test]
+fn inspect_never_creates_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), "");
+    let store = dir.path().join("store");
+    let o = longmem(
+        &["inspect", "--config", &config, "user", "u1"],
+        &[("LONGMEM__STORE__PATH", store.to_str().unwrap())],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no store at"), "{}", stderr(&o));
+    assert!(!store.exists(), "inspect created {}", store.display());
 }
 
 #[test]
