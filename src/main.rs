@@ -32,7 +32,14 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a config file (with LONGMEM__ environment overrides) and print the effective config.
-    CheckConfig { file: PathBuf },
+    /// With the model's and forecaster's manifests and graph files and the ONNX Runtime library.
+    CheckConfig {
+        file: PathBuf,
+        /// Check the file and its overrides only, not the files it names (for a config meant for
+        /// another machine, such as config/production.toml on a workstation).
+        #[arg(long)]
+        config_only: bool,
+    },
     /// Print what the store remembers (stop the daemon first: the store is locked while it runs).
     Inspect {
         #[arg(long, short, default_value = "config/default.toml")]
@@ -118,8 +125,11 @@ fn exit_code(e: &anyhow::Error) -> i32 {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => run_daemon(Config::load(&config)?),
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, config_only } => {
             let config = Config::load(&file)?;
+            if !config_only {
+                check_model_files(&config)?;
+            }
             print!("{}", config.to_toml());
             eprintln!("{}: ok", file.display());
             Ok(())
@@ -177,6 +187,39 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             what: EvaluateWhat::Recommendations(args),
         } => longmem::tools::stream_eval::run(args),
     }
+}
+
+/// What `run` would load, without loading it: the manifests and graph files of the model (and the
+/// forecaster, with supply on), and the ONNX Runtime library.
+fn check_model_files(config: &Config) -> anyhow::Result<()> {
+    use longmem::model::Manifest;
+    let manifest = Manifest::load(&config.model.path)?;
+    let mut files = vec![
+        config.model.path.join(&manifest.model_file),
+        config.model.path.join(&manifest.vocabulary_file),
+    ];
+    if let Some(step) = &manifest.step {
+        files.push(config.model.path.join(&step.model_file));
+    }
+    if config.supply.enabled {
+        let forecaster =
+            longmem::model::forecaster::ForecasterManifest::load(&config.supply.forecaster)?;
+        files.push(config.supply.forecaster.join(&forecaster.step.model_file));
+    }
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        anyhow::bail!(
+            "{} is missing: the model directory is incomplete",
+            missing.display()
+        );
+    }
+    let library = longmem::model::runtime_library(config.model.runtime_library.as_deref())?;
+    eprintln!(
+        "model {} v{}, ONNX Runtime {}",
+        manifest.name,
+        manifest.version,
+        library.display()
+    );
+    Ok(())
 }
 
 fn run_daemon(config: Config) -> anyhow::Result<()> {

@@ -52,8 +52,14 @@ fn check_config_prints_the_effective_config_with_overrides() {
     );
     assert!(effective["store"].get("path").is_some() && effective["model"].get("path").is_some());
     assert!(effective["metrics"].get("listen").is_some());
-    let o = longmem(&["check-config", "config/production.toml"], &[]);
+    // Its model and runtime paths are the image's (/opt/longmem): check the file alone.
+    let o = longmem(
+        &["check-config", "--config-only", "config/production.toml"],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
+    let o = longmem(&["check-config", "config/production.toml"], &[]);
+    assert!(stderr(&o).contains("/opt/longmem/models"), "{}", stderr(&o));
 }
 
 #[test]
@@ -87,6 +93,52 @@ fn bad_config_fails_naming_the_key() {
         1,
         "the cause is printed once: {err}"
     );
+}
+
+#[test]
+fn check_config_checks_the_model_files_and_the_runtime_library() {
+    let ort = common::ort_library();
+    let o = longmem(
+        &["check-config", "config/default.toml"],
+        &[("LONGMEM__MODEL__PATH", "/nope")],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/nope/model.json"), "{}", stderr(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(
+        repo().join("models/sasrec-ml100k/model.json"),
+        model.join("model.json"),
+    )
+    .unwrap();
+    let o = longmem(
+        &["check-config", "config/default.toml"],
+        &[("LONGMEM__MODEL__PATH", model.to_str().unwrap())],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is missing"), "{}", stderr(&o));
+
+    let o = longmem(
+        &["check-config", "config/default.toml"],
+        &[(
+            "LONGMEM__MODEL__RUNTIME_LIBRARY",
+            "/nonexistent/libonnxruntime.so",
+        )],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("model.runtime_library"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = longmem(
+        &["check-config", "config/default.toml"],
+        &[("LONGMEM__MODEL__RUNTIME_LIBRARY", ort.to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]

@@ -48,28 +48,56 @@ pub enum ModelError {
     Run(String),
 }
 
+/// Where libonnxruntime.so is: `model.runtime_library` when set, else `ORT_DYLIB_PATH`, else next
+/// to the binary (`libonnxruntime.so`, `../lib/libonnxruntime.so`), else `.tools/onnxruntime/` in the
+/// working directory (where `scripts/fetch-tools.sh` puts it).
+pub fn runtime_library(configured: Option<&Path>) -> Result<PathBuf, ModelError> {
+    let named = configured
+        .map(|p| (p.to_path_buf(), "model.runtime_library"))
+        .or_else(|| {
+            std::env::var_os("ORT_DYLIB_PATH").map(|p| (PathBuf::from(p), "ORT_DYLIB_PATH"))
+        });
+    if let Some((path, from)) = named {
+        return if path.exists() {
+            Ok(path)
+        } else {
+            Err(ModelError::RuntimeMissing(format!(
+                "{} (from {from}) does not exist",
+                path.display()
+            )))
+        };
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        candidates.push(dir.join("libonnxruntime.so"));
+        candidates.push(dir.join("../lib/libonnxruntime.so"));
+    }
+    candidates.push(PathBuf::from(".tools/onnxruntime/libonnxruntime.so"));
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .ok_or_else(|| {
+            ModelError::RuntimeMissing(format!(
+                "neither model.runtime_library nor ORT_DYLIB_PATH is set, and it is not at {}",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
 /// Loads the ONNX Runtime shared library and creates the process's one environment; later calls
 /// reuse it (ONNX Runtime allows one environment per process).
 pub fn init_runtime(library: Option<&Path>) -> Result<ort::environment::Environment, ModelError> {
     static INIT: std::sync::OnceLock<Result<ort::environment::Environment, String>> =
         std::sync::OnceLock::new();
-    let path = match library {
-        Some(p) => p.to_path_buf(),
-        None => match std::env::var_os("ORT_DYLIB_PATH") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                return Err(ModelError::RuntimeMissing(
-                    "ORT_DYLIB_PATH is not set".into(),
-                ))
-            }
-        },
-    };
-    if !path.exists() {
-        return Err(ModelError::RuntimeMissing(format!(
-            "{} does not exist",
-            path.display()
-        )));
-    }
+    let path = runtime_library(library)?;
     INIT.get_or_init(|| {
         let builder = ort::init_from(&path).map_err(|e| e.to_string())?;
         builder
