@@ -556,17 +556,9 @@ impl Finisher<'_> {
     fn finish(&self, p: &Prepared) -> Finished {
         // 5. produce and wait for acknowledgements
         let t = Instant::now();
-        let mut attempt = 0u32;
-        while let Err(e) = self.sink.send_all(&p.outputs) {
-            if self.shutdown.is_triggered() {
-                tracing::warn!(error = %e, "stopping with a batch whose outputs were not acknowledged; it will be replayed");
-                return Finished::Interrupted;
-            }
-            attempt += 1;
-            metrics::record_produce_retry();
-            let backoff = Duration::from_millis((100u64 << attempt.min(6)).min(5_000));
-            tracing::error!(error = %e, attempt, ?backoff, "producing the batch's outputs failed; retrying the whole batch (state unchanged)");
-            std::thread::sleep(backoff);
+        if let Err(e) = self.sink.deliver(&p.outputs, self.shutdown) {
+            tracing::warn!(error = %e, "stopping with a batch whose outputs were not acknowledged; it will be replayed");
+            return Finished::Interrupted;
         }
         let acked_ms = now_ms();
         self.stats.record_stage(Stage::Produce, t);

@@ -1,4 +1,6 @@
-//! The Kafka producer for every output: recommendations, alerts and dead letters.
+//! The Kafka producer for every output: recommendations, alerts and dead letters, and the one owner
+//! of produce retries ([`Sink::deliver`]: the whole batch again, after a jittered, capped
+//! [`backoff`]).
 //!
 //! Idempotent (`enable.idempotence`, `acks=all`), so broker-side retries never duplicate or reorder a
 //! partition's outputs. [`Sink::send_all`] returns only when the broker acknowledged every output of
@@ -14,6 +16,8 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 
 use crate::config::Config;
+use crate::metrics;
+use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -34,6 +38,28 @@ pub struct Output {
 
 pub struct Sink {
     producer: FutureProducer,
+}
+
+/// The first retry waits up to this long...
+const RETRY_BASE: Duration = Duration::from_millis(100);
+/// ...doubling with each failure, up to this.
+const RETRY_CAP: Duration = Duration::from_secs(5);
+
+/// Exponential backoff with full jitter: a random wait in [0, min(cap, base × 2^(attempt-1))], so
+/// that instances which failed together (a broker restart) do not all retry at the same moment.
+pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let ceiling = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(cap);
+    // std's randomly keyed hasher over the clock: random enough to spread retries, no extra crate.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.write_u128(now.as_nanos() ^ u128::from(attempt));
+    let fraction = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    ceiling.mul_f64(fraction)
 }
 
 /// librdkafka defaults for the producer that a user may override in `[kafka.producer]`.
@@ -62,6 +88,29 @@ impl Sink {
             );
         let producer: FutureProducer = cc.create().map_err(SinkError::Create)?;
         Ok(Sink { producer })
+    }
+
+    /// Produces every output until the broker has acknowledged them all, retrying the whole batch
+    /// after a failure with [`backoff`] (the batch's state is still unwritten, so a retry can repeat
+    /// an output but never lose one). Returns the last failure once `shutdown` triggers.
+    pub fn deliver(&self, outputs: &[Output], shutdown: &Shutdown) -> Result<(), SinkError> {
+        let mut attempt = 0u32;
+        loop {
+            match self.send_all(outputs) {
+                Ok(()) => return Ok(()),
+                Err(e) if shutdown.is_triggered() => return Err(e),
+                Err(e) => {
+                    attempt += 1;
+                    metrics::record_produce_retry();
+                    let wait = backoff(attempt, RETRY_BASE, RETRY_CAP);
+                    tracing::error!(error = %e, attempt, ?wait, "producing the batch's outputs failed; retrying the whole batch (state unchanged)");
+                    let until = Instant::now() + wait;
+                    while Instant::now() < until && !shutdown.is_triggered() {
+                        std::thread::sleep(Duration::from_millis(50).min(wait));
+                    }
+                }
+            }
+        }
     }
 
     /// Produces every output and waits for all acknowledgements.
@@ -115,5 +164,29 @@ impl Sink {
     /// Waits for anything still queued (used at shutdown).
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(Timeout::After(timeout));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_is_jittered() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(5);
+        for attempt in 1..40 {
+            let ceiling = (base * 2u32.pow((attempt - 1).min(20))).min(cap);
+            let waits: Vec<Duration> = (0..50).map(|_| backoff(attempt, base, cap)).collect();
+            assert!(
+                waits.iter().all(|w| *w <= ceiling),
+                "attempt {attempt}: {waits:?}"
+            );
+            let distinct: std::collections::HashSet<_> = waits.iter().collect();
+            assert!(
+                distinct.len() > 40,
+                "attempt {attempt}: not jittered: {waits:?}"
+            );
+        }
     }
 }
