@@ -11,7 +11,6 @@
 pub mod batch;
 pub mod config;
 pub mod event;
-pub mod inventory;
 pub mod memory;
 pub mod metrics;
 pub mod model;

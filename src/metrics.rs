@@ -22,8 +22,8 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::event::{EventType, RejectReason};
-use crate::inventory::AlertKind;
 use crate::shutdown::Shutdown;
+use crate::supply::AlertKind;
 
 pub const EVENTS_CONSUMED: &str = "longmem_events_consumed_total";
 pub const EVENTS_REJECTED: &str = "longmem_events_rejected_total";

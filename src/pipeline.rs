@@ -5,7 +5,7 @@
 //! 3. apply each user event to that user's memory (read from sled, changed in memory only);
 //! 4. one ONNX Runtime call for all of the batch's user events → top-K per event;
 //!    3b/4b. apply each supply-chain event to its SKU × location memory, step the demand
-//!    forecaster for the days that completed, assess stockout risk → alerts ([`crate::inventory`]);
+//!    forecaster for the days that completed, assess stockout risk → alerts ([`crate::supply::stage`]);
 //! 5. produce recommendations, alerts, demand records (purchases that name a location, forwarded to
 //!    their SKU × location's partition) and dead letters, and wait for the broker's
 //!    acknowledgements (on failure: produce the same outputs again; the state is still unwritten);
@@ -33,7 +33,6 @@ use crate::event::{
     self, DeadLetter, Event, EventType, InMessage, ModelRef, Recommendation, RejectReason,
     SupplyEvent,
 };
-use crate::inventory::{self, AlertKind, Inventory};
 use crate::memory::{Pending, PendingView, Store, StoreBatch, StoreError};
 use crate::metrics::{self, Health, Stage};
 use crate::model::forecaster::Forecaster;
@@ -42,6 +41,7 @@ use crate::recommend;
 use crate::shutdown::Shutdown;
 use crate::sink::{Output, Sink, SinkError};
 use crate::source::{InFlight, Source, SourceError};
+use crate::supply::{AlertKind, SupplyError, SupplyStage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -52,7 +52,7 @@ pub enum PipelineError {
     #[error(transparent)]
     Recommend(#[from] recommend::RecommendError),
     #[error(transparent)]
-    Inventory(#[from] inventory::InventoryError),
+    Supply(#[from] SupplyError),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -193,7 +193,7 @@ fn run_inner(
         provider = model.provider().as_str(),
         "model loaded"
     );
-    let inventory = if config.supply.enabled {
+    let supply = if config.supply.enabled {
         let mut forecaster_config = config.model.clone();
         forecaster_config.path = config.supply.forecaster.clone();
         let forecaster = Forecaster::load(&forecaster_config)?;
@@ -203,7 +203,7 @@ fn run_inner(
             demand_topic = config.supply.demand_topic(&config.topics),
             "demand forecaster loaded"
         );
-        Some(Inventory::new(forecaster, config.supply.clone()))
+        Some(SupplyStage::new(forecaster, config.supply.clone()))
     } else {
         None
     };
@@ -220,7 +220,7 @@ fn run_inner(
         store: &store,
         pending: &pending,
         model,
-        inventory,
+        supply,
         stats,
     };
     let finisher = Finisher {
@@ -321,7 +321,7 @@ struct Worker<'a> {
     store: &'a Store,
     pending: &'a Mutex<Pending>,
     model: Model,
-    inventory: Option<Inventory>,
+    supply: Option<SupplyStage>,
     stats: &'a RunStats,
 }
 
@@ -399,10 +399,10 @@ impl Worker<'_> {
         self.stats.add_stage(Stage::Memory, memory_time);
         let rows = outcome.answers;
         let memories = outcome.memories;
-        let supply = match self.inventory.as_mut() {
-            Some(inventory) => {
+        let supply = match self.supply.as_mut() {
+            Some(stage) => {
                 let t = Instant::now();
-                let out = inventory.process(&memories_view, batch, &events, now)?;
+                let out = stage.process(&memories_view, batch, &events, now)?;
                 metrics::record_stage(Stage::Inference, out.inference);
                 self.stats.add_stage(Stage::Inference, out.inference);
                 let memory_time = t.elapsed().saturating_sub(out.inference);
@@ -442,7 +442,7 @@ impl Worker<'_> {
         // Purchases that name a location are that SKU × location's demand: forwarded, keyed by
         // sku@location, to the partition its supply events live on.
         let mut demand_records = 0u64;
-        if self.inventory.is_some() {
+        if self.supply.is_some() {
             let demand_topic = self.config.supply.demand_topic(topics);
             for (msg, e) in batch.iter().zip(&events) {
                 let Some(Event::User(e)) = e else { continue };

@@ -37,7 +37,7 @@ pub struct Answered {
 }
 
 /// The batch's answers in message order, and the memories to store.
-pub struct Outcome {
+pub struct BatchAnswers {
     pub answers: Vec<Answered>,
     pub memories: HashMap<String, UserMemory>,
     /// Inference time alone (the rest is memory work).
@@ -60,7 +60,7 @@ pub fn answer(
     history_len: usize,
     state_precision: StatePrecision,
     exclude_seen: bool,
-) -> Result<Outcome, RecommendError> {
+) -> Result<BatchAnswers, RecommendError> {
     let stepping = model.step_state().is_some();
     let owner = model.state_owner();
     let window = model.manifest.window;
@@ -119,7 +119,7 @@ pub fn answer(
             });
         }
     }
-    Ok(Outcome {
+    Ok(BatchAnswers {
         answers,
         memories,
         inference,

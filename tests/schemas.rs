@@ -10,7 +10,7 @@ use longmem::event::{
     self, DeadLetter, Event, InMessage, ModelRef, Recommendation, Rejection, ScoredItem, SourceRef,
     SupplyEvent,
 };
-use longmem::inventory::{Alert, AlertKind, Evidence, Severity};
+use longmem::supply::{Alert, AlertKind, Evidence, Severity};
 
 const NOW: i64 = 1_763_900_000_000;
 const INPUTS: [&str; 6] = [

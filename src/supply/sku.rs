@@ -14,7 +14,7 @@
 //! the expected stockout time is when median demand overtakes on-hand stock plus the arrivals due
 //! by then.
 //!
-//! Nothing here talks to Kafka, the store or the model runtime: [`crate::inventory`] drives it.
+//! Nothing here talks to Kafka, the store or the model runtime: [`super::stage`] drives it.
 
 use serde::{Deserialize, Serialize};
 

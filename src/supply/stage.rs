@@ -23,15 +23,15 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::sku::{self, assess, Assessment, Forecast, OpenAlert, RiskPolicy, SkuMemory, DAY_MS};
 use crate::config::SupplyConfig;
 use crate::event::{Direction, Event, InMessage, ModelRef, ShipmentStatus, SourceRef, SupplyEvent};
 use crate::memory::{Memories, ModelState, StoreError};
 use crate::model::forecaster::Forecaster;
 use crate::model::ModelError;
-use crate::supply::{self, assess, Assessment, Forecast, OpenAlert, RiskPolicy, SkuMemory, DAY_MS};
 
 #[derive(Debug, thiserror::Error)]
-pub enum InventoryError {
+pub enum SupplyError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -99,7 +99,7 @@ pub struct Evidence {
 }
 
 /// The batch's alerts (with the index of the message that raised each) and the memories to store.
-pub struct Outcome {
+pub struct SupplyOutcome {
     pub alerts: Vec<(usize, Alert)>,
     pub memories: HashMap<(String, String), SkuMemory>,
     pub inference: Duration,
@@ -116,14 +116,14 @@ struct Lane {
     reassess: Option<(usize, SupplyEvent)>,
 }
 
-pub struct Inventory {
+pub struct SupplyStage {
     forecaster: Forecaster,
     config: SupplyConfig,
 }
 
-impl Inventory {
-    pub fn new(forecaster: Forecaster, config: SupplyConfig) -> Inventory {
-        Inventory { forecaster, config }
+impl SupplyStage {
+    pub fn new(forecaster: Forecaster, config: SupplyConfig) -> SupplyStage {
+        SupplyStage { forecaster, config }
     }
 
     pub fn forecaster(&self) -> &Forecaster {
@@ -136,7 +136,7 @@ impl Inventory {
         batch: &[InMessage],
         events: &[Option<Event>],
         emitted_at_ms: i64,
-    ) -> Result<Outcome, InventoryError> {
+    ) -> Result<SupplyOutcome, SupplyError> {
         let owner = self.forecaster.state_owner();
         let mut memories: HashMap<(String, String), SkuMemory> = HashMap::new();
         let mut lanes: Vec<Lane> = Vec::new();
@@ -165,7 +165,7 @@ impl Inventory {
             lanes[lane].events.push_back((i, e.clone()));
         }
 
-        let mut outcome = Outcome {
+        let mut outcome = SupplyOutcome {
             alerts: Vec::new(),
             memories: HashMap::new(),
             inference: Duration::ZERO,
@@ -194,10 +194,8 @@ impl Inventory {
                     let Some((_, event)) = lane.events.front() else {
                         break;
                     };
-                    let closed = memory.close_days(
-                        supply::event_timestamp(event),
-                        self.config.max_catch_up_days,
-                    );
+                    let closed = memory
+                        .close_days(sku::event_timestamp(event), self.config.max_catch_up_days);
                     if !closed.is_empty() {
                         lane.days.extend(closed);
                         break;
@@ -232,7 +230,7 @@ impl Inventory {
                 let (day, units) = lanes[l].days.pop_front().expect("waiting");
                 let memory = &memories[&lanes[l].key];
                 demand.push(units as f32);
-                weekday.push(supply::weekday(day));
+                weekday.push(sku::weekday(day));
                 states.push(
                     memory
                         .forecaster
@@ -281,7 +279,7 @@ fn closing_count(c: &SupplyConfig, memory: &mut SkuMemory, event: &SupplyEvent) 
     if !closing {
         return Vec::new();
     }
-    let tomorrow = (supply::day_of(*timestamp_ms) + 1) * DAY_MS;
+    let tomorrow = (sku::day_of(*timestamp_ms) + 1) * DAY_MS;
     memory.close_days(tomorrow, c.max_catch_up_days)
 }
 
@@ -305,7 +303,7 @@ impl Judge<'_> {
         event: &SupplyEvent,
         alerts: &mut Vec<(usize, Alert)>,
     ) {
-        let now = supply::event_timestamp(event);
+        let now = sku::event_timestamp(event);
         let Some(a) = assess(memory, self.levels, now, &self.policy) else {
             return;
         };
@@ -337,7 +335,7 @@ fn lifecycle(
     event: &SupplyEvent,
     a: &Assessment,
 ) -> Vec<(AlertKind, Severity, String)> {
-    let now = supply::event_timestamp(event);
+    let now = sku::event_timestamp(event);
     let (sku, location) = sku_location(event);
     let mut out = Vec::new();
     if let Some(open) = memory.stockout_alert.as_mut() {
@@ -466,7 +464,7 @@ fn alert(
         suggested_reorder_qty: a.suggested_reorder_qty,
         model: model.clone(),
         source,
-        event_timestamp_ms: supply::event_timestamp(event),
+        event_timestamp_ms: sku::event_timestamp(event),
         emitted_at_ms,
     }
 }
