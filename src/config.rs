@@ -1,7 +1,9 @@
 //! Typed configuration: TOML file, then `LONGMEM__SECTION__KEY` environment overrides, then validation.
 //!
 //! Everything is checked before any connection is opened: an unknown key or a bad value stops the
-//! daemon at start with a message that names the key and says what is allowed. Kafka client settings
+//! daemon at start with a message that names the key and says what is allowed. Every key that breaks
+//! a rule is named at once; an unknown key or a value of the wrong type stops the reading of the file
+//! where it is, so that one comes alone. Kafka client settings
 //! that longmem does not model itself pass through verbatim to librdkafka (`[kafka.properties]`,
 //! `[kafka.consumer]`, `[kafka.producer]`), so any Kafka (SASL, SSL, cloud) can be reached.
 
@@ -27,6 +29,8 @@ pub enum ConfigError {
     Key { key: String, message: String },
     #[error("environment override {var}: {message}")]
     Env { var: String, message: String },
+    #[error("{} config keys are wrong:{}", .0.len(), .0.iter().map(|e| format!("\n  - {e}")).collect::<String>())]
+    Keys(Vec<ConfigError>),
 }
 
 fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
@@ -367,15 +371,17 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks every rule and reports every key that breaks one, not only the first.
     fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
         if self.kafka.bootstrap_servers.trim().is_empty() {
-            return Err(key_error(
+            errors.push(key_error(
                 "kafka.bootstrap_servers",
                 "is empty; give host:port of at least one broker",
             ));
         }
         if self.kafka.group_id.trim().is_empty() {
-            return Err(key_error(
+            errors.push(key_error(
                 "kafka.group_id",
                 "is empty; every instance of one deployment uses the same group id",
             ));
@@ -387,7 +393,7 @@ impl Config {
         ] {
             for key in props.keys() {
                 if MANAGED_KAFKA_PROPERTIES.contains(&key.as_str()) {
-                    return Err(key_error(
+                    errors.push(key_error(
                         &format!("{section}.{key}"),
                         "is set by longmem itself to keep its delivery guarantees and cannot be overridden",
                     ));
@@ -395,10 +401,10 @@ impl Config {
             }
         }
         if self.kafka.produce_timeout_ms == 0 {
-            return Err(key_error("kafka.produce_timeout_ms", "must be at least 1"));
+            errors.push(key_error("kafka.produce_timeout_ms", "must be at least 1"));
         }
         if self.topics.input.is_empty() {
-            return Err(key_error(
+            errors.push(key_error(
                 "topics.input",
                 "is empty; list at least one input topic",
             ));
@@ -410,10 +416,10 @@ impl Config {
         ];
         for (key, topic) in outputs {
             if topic.trim().is_empty() {
-                return Err(key_error(key, "is empty; name the output topic"));
+                errors.push(key_error(key, "is empty; name the output topic"));
             }
             if self.topics.input.contains(topic) {
-                return Err(key_error(
+                errors.push(key_error(
                     key,
                     format!(
                         "`{topic}` is also an input topic; the daemon would consume its own output"
@@ -423,7 +429,7 @@ impl Config {
         }
         if let Some(topic) = &self.supply.demand_topic {
             if !self.topics.input.contains(topic) {
-                return Err(key_error(
+                errors.push(key_error(
                     "supply.demand_topic",
                     format!("`{topic}` is not one of topics.input; demand must be read back to be counted"),
                 ));
@@ -437,49 +443,49 @@ impl Config {
         ];
         for (key, v) in probabilities {
             if !(0.0..=1.0).contains(&v) {
-                return Err(key_error(key, "must be a probability between 0 and 1"));
+                errors.push(key_error(key, "must be a probability between 0 and 1"));
             }
         }
         if p.resolve_probability >= p.open_probability
             || p.critical_probability < p.open_probability
         {
-            return Err(key_error(
+            errors.push(key_error(
                 "supply.resolve_probability",
                 "must be below supply.open_probability, which must not exceed supply.critical_probability",
             ));
         }
         if !(p.lead_time_days >= 0.0 && p.review_days >= 0.0) {
-            return Err(key_error(
+            errors.push(key_error(
                 "supply.lead_time_days",
                 "lead time and review days must be >= 0",
             ));
         }
         if !(1..=365).contains(&p.max_catch_up_days) {
-            return Err(key_error(
+            errors.push(key_error(
                 "supply.max_catch_up_days",
                 "must be between 1 and 365",
             ));
         }
         if p.closing_count_hour.is_some_and(|h| h > 23) {
-            return Err(key_error(
+            errors.push(key_error(
                 "supply.closing_count_hour",
                 "must be an hour of the day, 0 to 23 (UTC)",
             ));
         }
         if !(1..=100_000).contains(&self.batch.max_events) {
-            return Err(key_error(
+            errors.push(key_error(
                 "batch.max_events",
                 "must be between 1 and 100000",
             ));
         }
         if self.batch.max_wait_ms > 60_000 {
-            return Err(key_error(
+            errors.push(key_error(
                 "batch.max_wait_ms",
                 "must be at most 60000 (one minute)",
             ));
         }
         if !(1..=10_000).contains(&self.store.history_len) {
-            return Err(key_error(
+            errors.push(key_error(
                 "store.history_len",
                 "must be between 1 and 10000",
             ));
@@ -490,13 +496,13 @@ impl Config {
             .as_ref()
             .is_some_and(|id| id.trim().is_empty())
         {
-            return Err(key_error(
+            errors.push(key_error(
                 "kafka.instance_id",
                 "must not be empty; leave it unset for dynamic membership",
             ));
         }
         if self.metrics.stall_timeout_s * 1000 <= self.kafka.produce_timeout_ms {
-            return Err(key_error(
+            errors.push(key_error(
                 "metrics.stall_timeout_s",
                 format!(
                     "must be longer than kafka.produce_timeout_ms ({} ms): a batch waiting for the \
@@ -506,16 +512,16 @@ impl Config {
             ));
         }
         if self.model.intra_threads == 0 {
-            return Err(key_error("model.intra_threads", "must be at least 1"));
+            errors.push(key_error("model.intra_threads", "must be at least 1"));
         }
         if cfg!(not(feature = "cuda")) && self.model.execution_provider == ExecutionProvider::Cuda {
-            return Err(key_error(
+            errors.push(key_error(
                 "model.execution_provider",
                 "\"cuda\" needs a build with `--features cuda`; this binary supports only \"cpu\"",
             ));
         }
         if self.metrics.listen.parse::<SocketAddr>().is_err() {
-            return Err(key_error(
+            errors.push(key_error(
                 "metrics.listen",
                 format!(
                     "`{}` is not an ip:port address such as 127.0.0.1:9464",
@@ -524,21 +530,25 @@ impl Config {
             ));
         }
         if self.limits.max_message_bytes < 64 {
-            return Err(key_error("limits.max_message_bytes", "must be at least 64"));
+            errors.push(key_error("limits.max_message_bytes", "must be at least 64"));
         }
         if self.limits.max_id_len == 0 {
-            return Err(key_error("limits.max_id_len", "must be at least 1"));
+            errors.push(key_error("limits.max_id_len", "must be at least 1"));
         }
         if self.limits.max_future_skew_ms < 0 {
-            return Err(key_error(
+            errors.push(key_error(
                 "limits.max_future_skew_ms",
                 "must not be negative",
             ));
         }
         if self.limits.max_quantity < 1 {
-            return Err(key_error("limits.max_quantity", "must be at least 1"));
+            errors.push(key_error("limits.max_quantity", "must be at least 1"));
         }
-        Ok(())
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Keys(errors)),
+        }
     }
 
     /// How long a rebalance waits for batches in flight, and shutdown for the pipeline: one
@@ -736,6 +746,27 @@ path = "models/sasrec-ml100k"
             .unwrap_err()
             .to_string();
         assert!(err.contains("cpu") && err.contains("cuda"), "{err}");
+    }
+
+    #[test]
+    fn every_wrong_key_is_reported_at_once() {
+        let err = load(
+            MINIMAL,
+            &[
+                ("LONGMEM__BATCH__MAX_EVENTS", "0"),
+                ("LONGMEM__MODEL__INTRA_THREADS", "0"),
+                ("LONGMEM__TOPICS__ALERTS", "events"),
+            ],
+        )
+        .unwrap_err();
+        let ConfigError::Keys(errors) = &err else {
+            panic!("expected every wrong key, got {err}");
+        };
+        assert_eq!(errors.len(), 3, "{err}");
+        let text = err.to_string();
+        for key in ["batch.max_events", "model.intra_threads", "topics.alerts"] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
     }
 
     #[test]
