@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::sku::{self, assess, Assessment, Forecast, OpenAlert, RiskPolicy, SkuMemory, DAY_MS};
 use crate::config::SupplyConfig;
@@ -38,7 +38,7 @@ pub enum SupplyError {
     Model(#[from] ModelError),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     StockoutRisk,
@@ -62,7 +62,7 @@ impl AlertKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -70,8 +70,10 @@ pub enum Severity {
     Critical,
 }
 
-/// `schemas/alert.json`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `schemas/alert.json`. Deserialize too: the tools read alerts back as this type, so a renamed
+/// field fails their reading instead of scoring nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Alert {
     pub alert_id: String,
     pub kind: AlertKind,
@@ -88,7 +90,8 @@ pub struct Alert {
     pub emitted_at_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Evidence {
     pub on_hand: i64,
     pub inbound: i64,

@@ -34,7 +34,7 @@ use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::supply::DAY_MS;
+use crate::supply::{Alert, AlertKind, DAY_MS};
 use crate::tools::demo::{self, InProcessDaemon};
 use crate::tools::simulate::{self, SimEvent, Simulation, Stockout};
 
@@ -426,29 +426,25 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let elapsed = replayed?;
     result?;
 
-    let alerts: Vec<serde_json::Value> = demo::read_topic(&bootstrap, &config.topics.alerts)?;
+    let alerts: Vec<Alert> = demo::read_topic(&bootstrap, &config.topics.alerts)?;
     let mut longmem: HashMap<(String, String), Vec<Episode>> = HashMap::new();
     let mut open: HashMap<String, ((String, String), i64)> = HashMap::new();
     for a in &alerts {
-        let key = (
-            a["sku"].as_str().unwrap_or_default().to_string(),
-            a["location"].as_str().unwrap_or_default().to_string(),
-        );
-        let id = a["alert_id"].as_str().unwrap_or_default().to_string();
-        let at = a["event_timestamp_ms"].as_i64().unwrap_or(0);
-        match a["kind"].as_str() {
-            Some("stockout_risk") => {
-                open.insert(id, (key, at));
+        let key = (a.sku.clone(), a.location.clone());
+        let at = a.event_timestamp_ms;
+        match a.kind {
+            AlertKind::StockoutRisk => {
+                open.insert(a.alert_id.clone(), (key, at));
             }
-            Some("resolved") => {
-                if let Some((key, raised)) = open.remove(&id) {
+            AlertKind::Resolved => {
+                if let Some((key, raised)) = open.remove(&a.alert_id) {
                     longmem.entry(key).or_default().push(Episode {
                         raised_ms: raised,
                         resolved_ms: Some(at),
                     });
                 }
             }
-            _ => {}
+            AlertKind::SupplyRisk => {}
         }
     }
     for (_, (key, raised)) in open {
@@ -508,7 +504,10 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         "\nreplay: {messages} messages (incl. forwarded demand) in {:.1} s, {:.0} messages per busy second; supply_risk alerts: {}",
         elapsed.as_secs_f64(),
         messages as f64 / busy.as_secs_f64().max(1e-9),
-        alerts.iter().filter(|a| a["kind"] == "supply_risk").count()
+        alerts
+            .iter()
+            .filter(|a| a.kind == AlertKind::SupplyRisk)
+            .count()
     );
     let stages: Vec<String> = stats
         .stage_seconds()
