@@ -22,6 +22,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::event::{EventType, RejectReason};
+use crate::pipeline::now_ms;
 use crate::shutdown::Shutdown;
 use crate::supply::AlertKind;
 
@@ -311,8 +312,7 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         self.model_loaded.load(Ordering::Relaxed)
             && self.assigned_partitions.load(Ordering::Relaxed) > 0
-            && !self.failed.load(Ordering::Relaxed)
-            && !self.stalled.load(Ordering::Relaxed)
+            && self.is_live()
     }
 
     pub fn is_live(&self) -> bool {
@@ -353,13 +353,6 @@ impl Health {
         }
         stalled
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Runs [`Health::check_stall`] every second until shutdown.

@@ -52,12 +52,10 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let ceiling = base
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
         .min(cap);
-    // std's randomly keyed hasher over the clock: random enough to spread retries, no extra crate.
+    // Each RandomState is keyed afresh (randomly per thread, then stepped per instance): random
+    // enough to spread retries, with no extra crate.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    h.write_u128(now.as_nanos() ^ u128::from(attempt));
+    h.write_u32(attempt);
     let fraction = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
     ceiling.mul_f64(fraction)
 }

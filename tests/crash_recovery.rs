@@ -72,17 +72,5 @@ fn sigkill_mid_stream_loses_nothing_and_applies_each_event_once() {
     );
 
     // Every user's stored event count equals what was sent: each event applied exactly once.
-    let store = longmem::memory::Store::open(&dir.path().join("store"), 1 << 24).unwrap();
-    for (user, sent) in &sent_per_user {
-        let memory = store
-            .user(user)
-            .unwrap()
-            .unwrap_or_else(|| panic!("user {user} has no memory"));
-        assert_eq!(
-            memory.events(),
-            *sent,
-            "user {user}: stored count differs from events sent"
-        );
-    }
-    assert_eq!(store.user_count(), sent_per_user.len());
+    assert_each_event_applied_once(&dir.path().join("store"), &sent_per_user);
 }

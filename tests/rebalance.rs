@@ -38,13 +38,7 @@ fn a_joining_instance_takes_over_partitions_without_gaps_or_double_counts() {
 
     let b = Daemon::start(&config_b);
     broker.produce(&topics.input, second);
-    let assigned = |addr: &str| -> Option<u32> {
-        let (_, body) = http_get(addr, "/metrics")?;
-        body.lines()
-            .find_map(|l| l.strip_prefix("longmem_assigned_partitions "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u32)
-    };
+    let assigned = |addr: &str| metric(addr, "longmem_assigned_partitions").map(|v| v as u32);
     wait_for(
         "the group to split the partitions between A and B",
         Duration::from_secs(60),

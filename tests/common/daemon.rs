@@ -128,3 +128,17 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((status, body))
 }
+
+/// The sum of a metric's series (every label set) on the daemon's /metrics page, if it answers.
+pub fn metric(addr: &str, name: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics")?;
+    Some(
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}

@@ -103,3 +103,24 @@ pub fn events_per_user(
     }
     sent
 }
+
+/// Every user's stored event count in the store at `store_dir` equals what was sent to them, and
+/// the store knows no one else: each event applied exactly once.
+pub fn assert_each_event_applied_once(
+    store_dir: &std::path::Path,
+    sent_per_user: &std::collections::HashMap<String, u64>,
+) {
+    let store = longmem::memory::Store::open(store_dir, 1 << 24).unwrap();
+    for (user, sent) in sent_per_user {
+        let memory = store
+            .user(user)
+            .unwrap()
+            .unwrap_or_else(|| panic!("user {user} has no memory"));
+        assert_eq!(
+            memory.events(),
+            *sent,
+            "user {user}: stored count differs from events sent"
+        );
+    }
+    assert_eq!(store.user_count(), sent_per_user.len());
+}
