@@ -44,6 +44,9 @@ pub const ALERTS: &str = "longmem_alerts_produced_total";
 pub const DEMAND_FORWARDED: &str = "longmem_demand_records_forwarded_total";
 pub const DEMAND_DUPLICATES: &str = "longmem_demand_records_duplicate_total";
 pub const STALLS: &str = "longmem_pipeline_stalls_total";
+pub const STATE_REBUILDS: &str = "longmem_state_rebuilds_total";
+pub const STATE_CACHE_BYTES: &str = "longmem_state_cache_bytes";
+pub const STATE_CACHE_USERS: &str = "longmem_state_cache_users";
 pub const MODEL_INFO: &str = "longmem_model_info";
 pub const EXECUTION_PROVIDER: &str = "longmem_execution_provider_info";
 
@@ -86,6 +89,9 @@ pub fn install() -> PrometheusHandle {
             }
             for k in AlertKind::ALL {
                 counter!(ALERTS, "kind" => k.as_str()).absolute(0);
+            }
+            for how in ["prefill", "replay"] {
+                counter!(STATE_REBUILDS, "how" => how).absolute(0);
             }
             for c in [
                 RECOMMENDATIONS,
@@ -148,6 +154,11 @@ fn describe() {
         Unit::Count,
         "Times the watchdog found the pipeline stalled: messages waiting on assigned partitions and no micro-batch completed for metrics.stall_timeout_s (/healthz fails meanwhile)."
     );
+    describe_counter!(
+        STATE_REBUILDS,
+        Unit::Count,
+        "Users whose step state was rebuilt from their window (not in the state cache: evicted, a restart, a moved partition, another model), by how: one prefill call per batch, or replaying their items."
+    );
     describe_histogram!(BATCH_SIZE, Unit::Count, "Messages per micro-batch.");
     describe_histogram!(
         BATCH_STAGE,
@@ -176,6 +187,16 @@ fn describe() {
     );
     describe_gauge!(STORE_SIZE, Unit::Bytes, "Size of the sled store on disk.");
     describe_gauge!(
+        STATE_CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes of step state held in RAM (bounded by store.state_cache_bytes)."
+    );
+    describe_gauge!(
+        STATE_CACHE_USERS,
+        Unit::Count,
+        "Users whose step state is held in RAM."
+    );
+    describe_gauge!(
         STORE_VOLUME_SIZE,
         Unit::Bytes,
         "Size of the filesystem the store lives on."
@@ -193,6 +214,13 @@ fn describe() {
         EXECUTION_PROVIDER,
         "The ONNX Runtime execution provider actually in use: 1 for the provider label."
     );
+}
+
+pub fn record_state_cache(rebuilt: crate::recommend::Rebuilt, cache: &crate::memory::StateCache) {
+    counter!(STATE_REBUILDS, "how" => "prefill").increment(rebuilt.prefilled);
+    counter!(STATE_REBUILDS, "how" => "replay").increment(rebuilt.replayed);
+    gauge!(STATE_CACHE_BYTES).set(cache.bytes() as f64);
+    gauge!(STATE_CACHE_USERS).set(cache.len() as f64);
 }
 
 pub fn record_consumed(t: EventType) {

@@ -33,7 +33,7 @@ use crate::event::{
     self, DeadLetter, Event, EventType, InMessage, ModelRef, Recommendation, RejectReason,
     SupplyEvent,
 };
-use crate::memory::{Pending, PendingView, Store, StoreBatch, StoreError};
+use crate::memory::{Pending, PendingView, StateCache, Store, StoreBatch, StoreError};
 use crate::metrics::{self, Health, Stage};
 use crate::model::forecaster::Forecaster;
 use crate::model::{Model, ModelError};
@@ -220,6 +220,7 @@ fn run_inner(
         store: &store,
         pending: &pending,
         model,
+        state_cache: StateCache::new(config.store.state_cache_bytes, config.store.state_precision),
         supply,
         stats,
     };
@@ -321,6 +322,8 @@ struct Worker<'a> {
     store: &'a Store,
     pending: &'a Mutex<Pending>,
     model: Model,
+    /// Step state that is a function of the window, kept in RAM instead of the store.
+    state_cache: StateCache,
     supply: Option<SupplyStage>,
     stats: &'a RunStats,
 }
@@ -389,9 +392,13 @@ impl Worker<'_> {
             &memories_view,
             &events,
             self.config.store.history_len,
-            self.config.store.state_precision,
+            recommend::StateKeeping {
+                precision: self.config.store.state_precision,
+                cache: &mut self.state_cache,
+            },
             self.config.model.exclude_seen,
         )?;
+        metrics::record_state_cache(outcome.rebuilt, &self.state_cache);
         metrics::record_stage(Stage::Inference, outcome.inference);
         self.stats.add_stage(Stage::Inference, outcome.inference);
         let memory_time = t.elapsed().saturating_sub(outcome.inference);

@@ -5,9 +5,15 @@
 //! Step mode keeps the model's state (recurrent state, key/value cache) in each user's memory, so an
 //! event costs one incremental step. A user's events within one batch must be stepped in order, so
 //! the batch runs in rounds: round r steps the r-th pending item of every user at once (usually one
-//! round, since one user rarely has two events in a batch). A state written by another model or
-//! version is rebuilt first by replaying the user's remembered items; an item the model does not
-//! know leaves the state as it is and is answered by the `full` graph.
+//! round, since one user rarely has two events in a batch). An item the model does not know leaves
+//! the state as it is and is answered by the `full` graph.
+//!
+//! Where the state lives depends on the model. A recurrent state (or memory slots) summarises more
+//! than the window, so it is stored with the user's record. A sliding-window Transformer's
+//! key/value cache is a function of the window, so it stays in the [`StateCache`] and the record
+//! keeps only the window. A state that is missing (evicted, a restart, a moved partition) or was
+//! written by another model or version is rebuilt first: for all such users of the batch at once
+//! by the `prefill` graph when the model has one, else by replaying their remembered items.
 //!
 //! Nothing here writes to the store: the pipeline writes the returned memories with the offsets.
 
@@ -15,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::config::StatePrecision;
 use crate::event::{Event, EventType, UserEvent};
-use crate::memory::{Memories, ModelState, StateTensors, StoreError, UserMemory};
+use crate::memory::{Memories, ModelState, StateCache, StateTensors, StoreError, UserMemory};
 use crate::model::{Model, ModelError, TopK};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,17 @@ pub struct BatchAnswers {
     pub memories: HashMap<String, UserMemory>,
     /// Inference time alone (the rest is memory work).
     pub inference: std::time::Duration,
+    /// Users whose step state had to be rebuilt, and how.
+    pub rebuilt: Rebuilt,
+}
+
+/// Step states rebuilt in one batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// By one `prefill` call for all of them.
+    pub prefilled: u64,
+    /// By stepping their remembered items again.
+    pub replayed: u64,
 }
 
 /// A user's pending steps in this batch: (item index, answer slot when it is an event, not a replay).
@@ -53,15 +70,24 @@ struct Lane {
     seen: VecDeque<i64>,
 }
 
+/// How a batch keeps step state: the store's precision, and the RAM cache for state that is a
+/// function of the window.
+pub struct StateKeeping<'a> {
+    pub precision: StatePrecision,
+    pub cache: &'a mut StateCache,
+}
+
 pub fn answer(
     model: &mut Model,
     store: &impl Memories,
     events: &[Option<Event>],
     history_len: usize,
-    state_precision: StatePrecision,
+    keeping: StateKeeping<'_>,
     exclude_seen: bool,
 ) -> Result<BatchAnswers, RecommendError> {
+    let StateKeeping { precision, cache } = keeping;
     let stepping = model.step_state().is_some();
+    let from_window = model.state_from_window();
     let owner = model.state_owner();
     let window = model.manifest.window;
     let mut memories: HashMap<String, UserMemory> = HashMap::new();
@@ -71,6 +97,10 @@ pub fn answer(
     // Answers by the full graph: (answer slot, window row).
     let mut full_slots: Vec<usize> = Vec::new();
     let mut full_rows: Vec<i64> = Vec::new();
+    // States rebuilt by one prefill call: (lane, window row).
+    let mut prefill_lanes: Vec<usize> = Vec::new();
+    let mut prefill_rows: Vec<i64> = Vec::new();
+    let mut rebuilt = Rebuilt::default();
 
     for (i, e) in events.iter().enumerate() {
         let Some(Event::User(e)) = e else { continue };
@@ -82,7 +112,28 @@ pub fn answer(
         };
         if stepping && !lane_of.contains_key(&e.user_id) {
             lane_of.insert(e.user_id.clone(), lanes.len());
-            lanes.push(open_lane(model, memory, &owner, &e.user_id));
+            let kept = match from_window {
+                true => cache.get(&e.user_id, memory),
+                false => None,
+            };
+            let lane = match open_lane(model, memory, kept, &owner, &e.user_id) {
+                Opened::Ready(lane) => lane,
+                Opened::Rebuild(lane) if model.has_prefill() => {
+                    rebuilt.prefilled += 1;
+                    prefill_lanes.push(lanes.len());
+                    model.encode_window(
+                        memory.recent_items.iter().map(String::as_str),
+                        &mut prefill_rows,
+                    );
+                    lane
+                }
+                Opened::Rebuild(mut lane) => {
+                    rebuilt.replayed += 1;
+                    lane.replay(model, memory);
+                    lane
+                }
+            };
+            lanes.push(lane);
         }
         memory.apply(e, history_len);
         let slot = answers.len();
@@ -108,14 +159,26 @@ pub fn answer(
             answers[slot].items = items;
         }
     }
+    if !prefill_lanes.is_empty() {
+        let states = model.prefill(prefill_rows, prefill_lanes.len())?;
+        for (l, state) in prefill_lanes.into_iter().zip(states) {
+            lanes[l].state = state;
+        }
+    }
     step_rounds(model, &mut lanes, &mut answers, window, exclude_seen)?;
     let inference = started.elapsed();
 
     for lane in lanes {
-        if let Some(memory) = memories.get_mut(&lane.user) {
+        let Some(memory) = memories.get_mut(&lane.user) else {
+            continue;
+        };
+        if from_window {
+            memory.model_state = None;
+            cache.put(&lane.user, memory, lane.state);
+        } else {
             memory.model_state = Some(ModelState {
                 owner: owner.clone(),
-                tensors: StateTensors::encode(lane.state, state_precision),
+                tensors: StateTensors::encode(lane.state, precision),
             });
         }
     }
@@ -123,6 +186,7 @@ pub fn answer(
         answers,
         memories,
         inference,
+        rebuilt,
     })
 }
 
@@ -136,34 +200,67 @@ fn answered(message: usize, e: &UserEvent) -> Answered {
     }
 }
 
-/// Starts a user's lane from their stored state, or, when it is missing or was written by another
-/// model, from an empty state with their remembered items queued for replay.
-fn open_lane(model: &Model, memory: &UserMemory, owner: &str, user: &str) -> Lane {
+enum Opened {
+    /// The lane starts from the user's current state.
+    Ready(Lane),
+    /// The user's state is missing or another model's: the lane holds an empty state until it is
+    /// rebuilt from the window.
+    Rebuild(Lane),
+}
+
+/// Starts a user's lane from their state: `kept` in the cache, else the one stored with the record
+/// when this model wrote it (also a record written before the cache existed).
+fn open_lane(
+    model: &Model,
+    memory: &UserMemory,
+    kept: Option<Vec<Vec<f32>>>,
+    owner: &str,
+    user: &str,
+) -> Opened {
     let mut lane = Lane {
         user: user.to_string(),
         pending: VecDeque::new(),
         state: model.empty_state(),
         seen: VecDeque::new(),
     };
-    match &memory.model_state {
-        Some(s) if s.owner == owner && s.tensors.len() == lane.state.len() => {
-            lane.state = s.tensors.to_f32();
-            let window = model.manifest.window;
-            let skip = memory.recent_items.len().saturating_sub(window);
-            lane.seen = memory.recent_items[skip..]
-                .iter()
-                .filter_map(|id| model.vocabulary.index_of(id))
-                .collect();
+    let window = model.manifest.window;
+    let skip = memory.recent_items.len().saturating_sub(window);
+    let seen = || {
+        memory.recent_items[skip..]
+            .iter()
+            .filter_map(|id| model.vocabulary.index_of(id))
+            .collect()
+    };
+    let stored = memory
+        .model_state
+        .as_ref()
+        .filter(|s| s.owner == owner && s.tensors.len() == lane.state.len())
+        .map(|s| s.tensors.to_f32());
+    match kept.or(stored) {
+        Some(state) => {
+            lane.state = state;
+            lane.seen = seen();
+            Opened::Ready(lane)
         }
-        _ => {
-            let replay = memory
-                .recent_items
-                .iter()
-                .filter_map(|id| model.vocabulary.index_of(id));
-            lane.pending.extend(replay.map(|item| (item, None)));
+        // A user with nothing remembered has nothing to rebuild.
+        None if memory.recent_items.is_empty() => Opened::Ready(lane),
+        None => {
+            lane.seen = seen();
+            Opened::Rebuild(lane)
         }
     }
-    lane
+}
+
+impl Lane {
+    /// Queues the user's remembered items to be stepped again ahead of this batch's events.
+    fn replay(&mut self, model: &Model, memory: &UserMemory) {
+        self.seen.clear();
+        let replay = memory
+            .recent_items
+            .iter()
+            .filter_map(|id| model.vocabulary.index_of(id));
+        self.pending.extend(replay.map(|item| (item, None)));
+    }
 }
 
 fn step_rounds(
@@ -218,8 +315,8 @@ mod tests {
     use crate::memory::Store;
     use std::path::{Path, PathBuf};
 
-    fn model() -> Model {
-        Model::load(&ModelConfig {
+    fn model_config() -> ModelConfig {
+        ModelConfig {
             path: Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sasrec-ml100k"),
             execution_provider: ExecutionProvider::Cpu,
             allow_cpu_fallback: false,
@@ -227,9 +324,13 @@ mod tests {
             exclude_seen: true,
             intra_threads: 1,
             intra_op_spinning: false,
+            cpu_memory_arena: true,
             runtime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
-        })
-        .unwrap()
+        }
+    }
+
+    fn model() -> Model {
+        Model::load(&model_config()).unwrap()
     }
 
     fn click(user: &str, item: &str, ts: i64) -> Option<Event> {
@@ -270,8 +371,21 @@ mod tests {
             click("bob", "1", 11),
             click("bob", "7", 12),
         ];
-        let outcome = answer(&mut model, &store, &events, 50, StatePrecision::F32, true).unwrap();
+        let mut cache = StateCache::new(1 << 20, StatePrecision::F32);
+        let keeping = StateKeeping {
+            precision: StatePrecision::F32,
+            cache: &mut cache,
+        };
+        let outcome = answer(&mut model, &store, &events, 50, keeping, true).unwrap();
         assert_eq!(outcome.answers.len(), 3);
+        // ann's stale state is rebuilt in one prefill call; bob has nothing to rebuild.
+        assert_eq!(
+            outcome.rebuilt,
+            Rebuilt {
+                prefilled: 1,
+                replayed: 0
+            }
+        );
         for (answer, history) in outcome.answers.iter().zip([
             vec!["1", "50", "181", "100", "258"],
             vec!["1"],
@@ -284,8 +398,101 @@ mod tests {
             let want: Vec<&str> = full.iter().map(|i| i.item_id.as_str()).collect();
             assert_eq!(got, want, "{}", answer.user_id);
         }
+        // A key/value cache is a function of the window: it stays in RAM, not in the record.
         let ann = &outcome.memories["ann"];
-        assert_eq!(ann.model_state.as_ref().unwrap().owner, model.state_owner());
+        assert!(ann.model_state.is_none());
         assert_eq!(ann.clicks, 6);
+        assert!(cache.get("ann", ann).is_some());
+        assert_eq!(cache.len(), 2);
+    }
+
+    /// Real histories (Amazon Games) stepped batch by batch, then each user's next event answered
+    /// three ways: from the state kept in the cache, from one rebuilt by the prefill graph, and from
+    /// one rebuilt by replaying the window. The three give the same top-10.
+    #[test]
+    fn rebuilt_states_answer_like_kept_ones() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut model = Model::load(&ModelConfig {
+            path: root.join("models/sasrec-games"),
+            ..model_config()
+        })
+        .unwrap();
+        assert!(model.state_from_window() && model.has_prefill());
+        let text =
+            std::fs::read_to_string(root.join("../shared/data/seqrec/sasrec_games/Video.txt"))
+                .unwrap();
+        let mut histories: HashMap<String, Vec<String>> = HashMap::new();
+        for line in text.lines().take(20_000) {
+            let (user, item) = line.split_once(' ').unwrap();
+            histories
+                .entry(user.to_string())
+                .or_default()
+                .push(item.to_string());
+        }
+        let mut users: Vec<&String> = histories
+            .keys()
+            .filter(|u| histories[*u].len() >= 8)
+            .collect();
+        users.sort();
+        users.truncate(64);
+        let longest = users.iter().map(|u| histories[*u].len()).max().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 24).unwrap();
+        let mut kept = StateCache::new(1 << 30, StatePrecision::F32);
+        let precision = StatePrecision::F32;
+        // Round t holds each user's t-th event but their last.
+        for t in 0..longest - 1 {
+            let events: Vec<Option<Event>> = users
+                .iter()
+                .filter(|u| t + 1 < histories[**u].len())
+                .map(|u| click(u, &histories[*u][t], t as i64))
+                .collect();
+            let keeping = StateKeeping {
+                precision,
+                cache: &mut kept,
+            };
+            let outcome = answer(&mut model, &store, &events, 50, keeping, true).unwrap();
+            assert_eq!(outcome.rebuilt, Rebuilt::default(), "round {t}");
+            let mut batch = crate::memory::StoreBatch::default();
+            for (user, memory) in outcome.memories {
+                // The record is the window and counts: issue 13's target is ≤ 1 KB per user.
+                let record = postcard::to_allocvec(&memory).unwrap().len();
+                assert!(record <= 1024, "{user}: {record} bytes stored");
+                batch.put_user(user, memory);
+            }
+            store.commit(&batch).unwrap();
+        }
+        let last: Vec<Option<Event>> = users
+            .iter()
+            .map(|u| click(u, histories[*u].last().unwrap(), longest as i64))
+            .collect();
+        let run = |model: &mut Model, cache: &mut StateCache| {
+            let keeping = StateKeeping { precision, cache };
+            let outcome = answer(model, &store, &last, 50, keeping, true).unwrap();
+            let tops: Vec<Vec<String>> = outcome
+                .answers
+                .iter()
+                .map(|a| a.items.iter().map(|i| i.item_id.clone()).collect())
+                .collect();
+            (tops, outcome.rebuilt)
+        };
+        let (from_kept, rebuilt) = run(&mut model, &mut kept);
+        assert_eq!(rebuilt, Rebuilt::default());
+        let (from_prefill, rebuilt) = run(
+            &mut model,
+            &mut StateCache::new(1 << 30, StatePrecision::F32),
+        );
+        assert_eq!(rebuilt.prefilled, users.len() as u64);
+        model.forget_prefill();
+        let (from_replay, rebuilt) = run(
+            &mut model,
+            &mut StateCache::new(1 << 30, StatePrecision::F32),
+        );
+        assert_eq!(rebuilt.replayed, users.len() as u64);
+        assert_eq!(from_kept.len(), users.len());
+        assert!(from_kept.iter().all(|top| top.len() == 10));
+        assert_eq!(from_prefill, from_kept);
+        assert_eq!(from_replay, from_kept);
     }
 }

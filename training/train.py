@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from longmem_train import data as D                                  # noqa: E402
 from longmem_train.evaluate import evaluate, popularity_scorer       # noqa: E402
-from longmem_train.export import cost_per_event, export, parity, session  # noqa: E402
+from longmem_train.export import cost_per_event, export, parity, prefill_parity, session  # noqa: E402
 from longmem_train.models import RECOMMENDERS, sampled_softmax_loss  # noqa: E402
 
 
@@ -139,6 +139,9 @@ def main():
     step_history = "all" if args.model == "sasrec" else "window"
     results["parity"] = parity(args.out, state_spec, test, args.window, step_history)
     print("parity", results["parity"], flush=True)
+    if hasattr(model, "prefill"):
+        results["prefill_parity"] = prefill_parity(args.out, state_spec, test, args.window)
+        print("prefill parity", results["prefill_parity"], flush=True)
     results["cpu_cost"] = cost_per_event(args.out, state_spec, args.window, ds.n_items)
     print("cpu cost", results["cpu_cost"], flush=True)
     state_bytes = sum(4 * int(np.prod([d for d in s["shape"] if d != "batch"])) for s in state_spec)
@@ -154,7 +157,8 @@ def main():
                     {"name": "top_scores", "dtype": "float32", "shape": ["batch", candidates]},
                     {"name": "scores", "dtype": "float32", "shape": ["batch", ds.n_items + 1]}],
         "step": {"model_file": "step.onnx", "item_input": "item", "history": step_history, "state": state_spec,
-                 "outputs": ["top_items", "top_scores"]},
+                 "outputs": ["top_items", "top_scores"],
+                 **({"prefill": {"model_file": "prefill.onnx", "input": "item_seq"}} if hasattr(model, "prefill") else {})},
         "training": {"data": args.data, "data_sha256": ds.sha256, "script": "training/train.py", "args": vars(args)},
     }
     with open(os.path.join(args.out, "model.json"), "w") as f:

@@ -50,6 +50,32 @@ pub struct StepManifest {
     /// on the last `window` items only.
     pub history: String,
     pub state: Vec<StateSpec>,
+    /// A graph that builds the state after a whole window in one call. Only for `history = "all"`,
+    /// where the state is a function of the window: the daemon then keeps it in RAM, never in the
+    /// store, and rebuilds a missing one with this graph.
+    #[serde(default)]
+    pub prefill: Option<PrefillManifest>,
+}
+
+impl StepManifest {
+    /// Whether the state is an exact function of the user's last `window` items (a sliding-window
+    /// Transformer's key/value cache), so it can be rebuilt instead of stored.
+    pub fn state_from_window(&self) -> bool {
+        self.history == "all"
+    }
+}
+
+/// `step.prefill`: `input` (int64 [batch, window], left-padded as `full` takes it) → each state
+/// tensor under its spec's `output` name.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PrefillManifest {
+    pub model_file: String,
+    #[serde(default = "default_prefill_input")]
+    pub input: String,
+}
+
+fn default_prefill_input() -> String {
+    "item_seq".into()
 }
 
 /// One state tensor of the step graph: read from `input`, its successor written to `output`.
@@ -161,6 +187,17 @@ impl Manifest {
             ));
         }
         if let Some(step) = &manifest.step {
+            if !matches!(step.history.as_str(), "all" | "window") {
+                return Err(err(format!(
+                    "step.history `{}` is not one of \"all\" (the state is a function of the window) or \"window\"",
+                    step.history
+                )));
+            }
+            if step.prefill.is_some() && !step.state_from_window() {
+                return Err(err(
+                    "step.prefill needs step.history = \"all\": a prefill graph rebuilds state that is a function of the window".into(),
+                ));
+            }
             for s in &step.state {
                 let batch_ok = s.shape.get(s.batch_axis).and_then(|v| v.as_str()) == Some("batch");
                 let dims_ok = s

@@ -117,6 +117,8 @@ pub struct Model {
     pub vocabulary: Vocabulary,
     full: Graph,
     step: Option<Graph>,
+    /// Builds a step state from a window in one call (`step.prefill`), when the step graph runs.
+    prefill: Option<Graph>,
     provider: ExecutionProvider,
 }
 
@@ -172,11 +174,23 @@ impl Model {
             }
             _ => None,
         };
+        let prefill = match (&manifest.step, &step) {
+            (Some(spec), Some(_)) => match &spec.prefill {
+                Some(prefill) => {
+                    let outputs: Vec<&str> = spec.state.iter().map(|s| s.output.as_str()).collect();
+                    let path = config.path.join(&prefill.model_file);
+                    Some(open_graph(&env, config, &path, &outputs)?.0)
+                }
+                None => None,
+            },
+            _ => None,
+        };
         Ok(Model {
             manifest,
             vocabulary,
             full,
             step,
+            prefill,
             provider,
         })
     }
@@ -191,6 +205,28 @@ impl Model {
             .as_ref()
             .and(self.manifest.step.as_ref())
             .map(|s| s.state.as_slice())
+    }
+
+    /// Whether the step state is a function of the user's window, so it is kept in RAM and rebuilt
+    /// rather than stored (`step.history = "all"`).
+    pub fn state_from_window(&self) -> bool {
+        self.step.is_some()
+            && self
+                .manifest
+                .step
+                .as_ref()
+                .is_some_and(StepManifest::state_from_window)
+    }
+
+    /// Whether [`Model::prefill`] can rebuild a state in one call (else it is replayed step by step).
+    pub fn has_prefill(&self) -> bool {
+        self.prefill.is_some()
+    }
+
+    /// As if the model directory had no prefill graph (tests of the replay path).
+    #[cfg(test)]
+    pub(crate) fn forget_prefill(&mut self) {
+        self.prefill = None;
     }
 
     /// Identifies the graph that wrote a stored state: state of another model or version is rebuilt.
@@ -255,6 +291,35 @@ impl Model {
             &seen,
             exclude_seen,
         )
+    }
+
+    /// The `prefill` graph: each row's state after its window (`rows × window` indices, left-padded
+    /// as [`Model::encode_window`] writes them), equal to stepping the row's items one by one.
+    pub fn prefill(
+        &mut self,
+        item_seq: Vec<i64>,
+        rows: usize,
+    ) -> Result<Vec<UserState>, ModelError> {
+        let (Some(graph), Some(spec)) = (self.prefill.as_mut(), self.manifest.step.as_ref()) else {
+            return Err(ModelError::Run("the prefill graph is not loaded".into()));
+        };
+        let Some(prefill) = spec.prefill.as_ref() else {
+            return Err(ModelError::Run("the manifest has no step.prefill".into()));
+        };
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let window = self.manifest.window;
+        debug_assert_eq!(item_seq.len(), rows * window);
+        let input = Tensor::from_array(([rows, window], item_seq)).map_err(run_err)?;
+        let outputs = graph
+            .session
+            .run_with_options(
+                vec![(prefill.input.clone(), input.into_dyn())],
+                &graph.run_options,
+            )
+            .map_err(run_err)?;
+        read_state_outputs(&spec.state, &outputs, rows)
     }
 
     /// The `step` graph for one round of a micro-batch: row r feeds `items[r]` to the state
@@ -388,12 +453,10 @@ fn top_k(
         .collect())
 }
 
-/// Opens one graph on the configured execution provider; it must have `top_items`, `top_scores`
-/// and every name in `extra_outputs`.
 /// The outputs a recommender's graphs are read for (the rest, such as `scores`, are not fetched).
 const RANKED: [&str; 2] = ["top_items", "top_scores"];
 
-/// Opens one graph on the configured execution provider, fetching only `outputs`.
+/// Opens one graph on the configured execution provider, fetching only `outputs` (each must exist).
 fn open_graph(
     env: &ort::environment::Environment,
     config: &ModelConfig,
@@ -409,6 +472,13 @@ fn open_graph(
         .with_intra_threads(config.intra_threads)
         .map_err(|e| load_err(&e))?
         .with_intra_op_spinning(config.intra_op_spinning)
+        .map_err(|e| load_err(&e))?
+        .with_memory_pattern(config.cpu_memory_arena)
+        .map_err(|e| load_err(&e))?;
+    use ort::ep::ExecutionProvider as _;
+    ort::ep::CPU::default()
+        .with_arena_allocator(config.cpu_memory_arena)
+        .register(&mut builder)
         .map_err(|e| load_err(&e))?;
     let provider = match config.execution_provider {
         ExecutionProvider::Cpu => ExecutionProvider::Cpu,
@@ -526,6 +596,7 @@ mod tests {
             mode: ModelMode::Auto,
             intra_threads: 1,
             intra_op_spinning: false,
+            cpu_memory_arena: true,
             runtime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
         }
     }

@@ -10,7 +10,7 @@ import torch
 from onnx.external_data_helper import set_external_data
 
 from .data import left_pad
-from .models import FullGraph, StepGraph
+from .models import FullGraph, PrefillGraph, StepGraph
 
 
 def export(model, out_dir, candidates):
@@ -38,12 +38,29 @@ def export(model, out_dir, candidates):
                       input_names=["item", *names], output_names=["top_items", "top_scores", "scores", *[n + "_out" for n in names]],
                       dynamic_axes=dyn, opset_version=17, dynamo=False,
                       do_constant_folding=False)  # folding would store transposed copies of shared weights
-    share_weights(out_dir, ["model.onnx", "step.onnx"])
+    graphs = ["model.onnx", "step.onnx"]
+    if hasattr(model, "prefill"):
+        export_prefill(model, out_dir, names, batch_axis)
+        graphs.append("prefill.onnx")
+    share_weights(out_dir, graphs)
     return [
         {"name": n, "input": n, "output": n + "_out", "dtype": "float32",
          "shape": ["batch" if i == batch_axis[n] else d for i, d in enumerate(shapes[n])], "batch_axis": batch_axis[n]}
         for n in names
     ]
+
+
+def export_prefill(model, out_dir, names, batch_axis):
+    """Writes prefill.onnx: item_seq [B, W] -> the step state after the window, for models whose state
+    is a function of the window. The daemon keeps such state in RAM only and rebuilds a missing one
+    with this graph, one call per micro-batch."""
+    model.eval()
+    outputs = [n + "_out" for n in names]
+    dyn = {"item_seq": {0: "batch"}, **{o: {batch_axis[n]: "batch"} for n, o in zip(names, outputs)}}
+    example = torch.ones(2, model.window, dtype=torch.long)
+    torch.onnx.export(PrefillGraph(model), (example,), f"{out_dir}/prefill.onnx", input_names=["item_seq"],
+                      output_names=outputs, dynamic_axes=dyn, opset_version=17, dynamo=False,
+                      do_constant_folding=False)
 
 
 def share_weights(out_dir, graphs, weights="weights.bin", min_bytes=1024):
@@ -78,9 +95,10 @@ def session(path, threads=1):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def run_steps(step_sess, state_spec, prefixes):
+def run_steps(step_sess, state_spec, prefixes, with_state=False):
     """Feeds each prefix event by event through the step graph (batched across users; a user whose
-    prefix is shorter simply keeps its state). Returns the last step's scores per user."""
+    prefix is shorter simply keeps its state). Returns the last step's scores per user (and the
+    final state by name, `with_state`)."""
     b = len(prefixes)
     state = {}
     for s in state_spec:
@@ -101,7 +119,37 @@ def run_steps(step_sess, state_spec, prefixes):
         for s, new in zip(state_spec, out[3:]):
             mask = active.reshape([-1 if i == s["batch_axis"] else 1 for i in range(new.ndim)])
             state[s["name"]] = np.where(mask, new, state[s["name"]])
-    return scores
+    return (scores, state) if with_state else scores
+
+
+def prefill_parity(out_dir, state_spec, cases, window, k=10, batch=256):
+    """The state prefill.onnx builds from a user's last `window` items vs the state stepping their
+    whole history leaves: largest difference in the filled cache slots, and the share of users whose
+    next step ranks the same top-k from either state."""
+    prefill = session(f"{out_dir}/prefill.onnx", 2)
+    step = session(f"{out_dir}/step.onnx", 2)
+    users = sorted(cases)
+    same, max_diff = 0, 0.0
+    for start in range(0, len(users), batch):
+        chunk = users[start:start + batch]
+        prefixes = [cases[u][0] for u in chunk]
+        _, stepped = run_steps(step, state_spec, prefixes, with_state=True)
+        x = np.array([left_pad(p, window) for p in prefixes], dtype=np.int64)
+        built = dict(zip([s["name"] for s in state_spec], prefill.run([s["output"] for s in state_spec], {"item_seq": x})))
+        filled = stepped["cache_mask"] > 0
+        if not (filled == (built["cache_mask"] > 0)).all():
+            raise AssertionError("prefill and step disagree on which cache slots are filled")
+        for name in ("k_cache", "v_cache"):
+            slots = filled[None, :, None, :, None]               # [L, B, H, S-1, dh]
+            diff = np.where(slots, np.abs(stepped[name] - built[name]), 0.0)
+            max_diff = max(max_diff, float(diff.max()))
+        nxt = np.array([cases[u][1] for u in chunk], dtype=np.int64)
+        a = step.run(["scores"], {"item": nxt, **stepped})[0][:, 1:]
+        b = step.run(["scores"], {"item": nxt, **built})[0][:, 1:]
+        top_a = np.sort(np.argsort(-a, axis=1, kind="stable")[:, :k], axis=1)
+        top_b = np.sort(np.argsort(-b, axis=1, kind="stable")[:, :k], axis=1)
+        same += int((top_a == top_b).all(axis=1).sum())
+    return {"users": len(users), "same_top10_share": same / len(users), "max_abs_state_diff": max_diff}
 
 
 def parity(out_dir, state_spec, cases, window, step_history, k=10, batch=256):

@@ -53,10 +53,12 @@ class Block(nn.Module):
         out = att @ v  # [B, H, Tq, dh]
         return self.out(out.transpose(1, 2).flatten(2))
 
-    def forward(self, x, bias):
+    def forward(self, x, bias, keep_kv=False):
         q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
-        x = x + self.drop(self.attend(self.split(q), self.split(k), self.split(v), bias))
-        return x + self.drop(self.ff(self.ln2(x)))
+        k, v = self.split(k), self.split(v)
+        x = x + self.drop(self.attend(self.split(q), k, v, bias))
+        x = x + self.drop(self.ff(self.ln2(x)))
+        return (x, k, v) if keep_kv else x
 
     def step(self, x, k_cache, v_cache, bias):
         """x [B, 1, D]; caches [B, H, S-1, dh]. Returns the output and this layer's new k, v."""
@@ -84,19 +86,39 @@ class SASRec(nn.Module):
     def embed(self, items):
         return self.item_emb(items) * math.sqrt(self.dim)
 
-    def encode(self, seq):
-        """seq [B, T] left-padded -> hidden [B, T, D]."""
+    def attention_bias(self, seq):
+        """ALiBi over a sliding span: each position sees itself and the real items of the span before it."""
         t = seq.shape[1]
         i = torch.arange(t, device=seq.device)
         dist = (i.view(-1, 1) - i.view(1, -1)).float()                       # query - key
         allowed = (dist >= 0) & (dist < self.span)
         key_real = (seq > 0).view(seq.shape[0], 1, 1, t)
         allowed = allowed.view(1, 1, t, t) & (key_real | (dist == 0).view(1, 1, t, t))
-        bias = torch.where(allowed, -self.slopes * dist, torch.tensor(float("-inf"), device=seq.device))
+        return torch.where(allowed, -self.slopes * dist, torch.tensor(float("-inf"), device=seq.device))
+
+    def encode(self, seq):
+        """seq [B, T] left-padded -> hidden [B, T, D]."""
+        bias = self.attention_bias(seq)
         x = self.drop(self.embed(seq))
         for block in self.blocks:
             x = block(x, bias)
         return self.norm(x)
+
+    def prefill(self, seq):
+        """seq [B, W] left-padded -> the step state after the window, in one pass: each layer's keys
+        and values of the last span - 1 positions. The window covers every layer's receptive field
+        (asserted in __init__), so this equals stepping the user's whole history item by item: the
+        key/value cache is a function of the window and need not be stored."""
+        s1 = self.span - 1
+        bias = self.attention_bias(seq)
+        x = self.embed(seq)
+        ks, vs = [], []
+        for block in self.blocks:
+            x, k, v = block(x, bias, keep_kv=True)
+            ks.append(k[:, :, -s1:])
+            vs.append(v[:, :, -s1:])
+        mask = (seq[:, -s1:] > 0).float()
+        return torch.stack(ks), torch.stack(vs), mask
 
     def scores(self, hidden):
         return F.linear(hidden, self.item_emb.weight)  # exports as one Gemm, no transposed copy
@@ -251,6 +273,18 @@ class FullGraph(nn.Module):
         scores = torch.cat([torch.full_like(scores[:, :1], -1e9), scores[:, 1:]], dim=1)
         top_scores, top_items = torch.topk(scores, self.candidates, dim=1)
         return top_items, top_scores, scores
+
+
+class PrefillGraph(nn.Module):
+    """item_seq [B, W] -> the step graph's state after the window (models whose state is a function
+    of the window: SASRec's key/value cache)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, item_seq):
+        return self.model.prefill(item_seq)
 
 
 class StepGraph(nn.Module):

@@ -9,6 +9,12 @@
 //! - `u/<user id>`                → [`UserMemory`] (postcard)
 //! - `s/<sku>\0<location>`         → [`SkuMemory`] (postcard): the supply-chain memory
 //! - `o/<topic>\0<partition be>`  → next offset to read (u64, big endian)
+//!
+//! A record holds what cannot be recomputed: the recent-item window, counts, timestamps, and model
+//! state that is not a function of the window (a GRU's hidden vector, the memory model's slots). A
+//! Transformer's key/value cache is such a function, so it lives in a [`StateCache`] in RAM instead.
+
+mod state_cache;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::StatePrecision;
 use crate::event::{EventType, UserEvent};
 use crate::supply::SkuMemory;
+
+pub use state_cache::StateCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,7 +83,9 @@ pub struct UserMemory {
     pub clicks: u64,
     pub purchases: u64,
     pub last_event_ms: i64,
-    /// The step graph's state after the user's last event (recurrent state, key/value cache).
+    /// The step graph's state after the user's last event, for models whose state is not a
+    /// function of the window (recurrent state, memory slots); `None` for the others, whose state
+    /// is in the [`StateCache`].
     pub model_state: Option<ModelState>,
 }
 

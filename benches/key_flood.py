@@ -1,0 +1,186 @@
+"""A key flood: many distinct users, one click each, backlogged on a broker and drained by the daemon.
+
+    .tools/venv/bin/python benches/key_flood.py --users 200000 [--cache-bytes N] [--state-cache-bytes N]
+
+What it answers is how the daemon's memory behaves when every event brings a user it has not seen,
+the worst case for the store and the state cache: resident memory (sampled every 5 s from /proc),
+the store on disk per user, and the drain rate. It starts tansu on 127.0.0.1 ($LONGMEM_TANSU or
+.tools/bin/tansu) unless --brokers is given, runs the release binary (cargo build --release first),
+and prints one Markdown row per sample and a summary. Needs confluent-kafka (pip).
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(addr, name):
+    """Sum of a metric's series on the daemon's /metrics page, or None while it does not answer."""
+    try:
+        body = urllib.request.urlopen(f"http://{addr}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def rss_mib(pid):
+    """(current, peak) resident set of `pid` in MiB."""
+    values = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+def du_bytes(path):
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=200_000)
+    p.add_argument("--events-per-user", type=int, default=1,
+                   help="events per user, sent round by round (every user's first, then every user's second, ...)")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--model", default="models/sasrec-ml100k")
+    p.add_argument("--cache-bytes", type=int, default=256 << 20, help="store.cache_bytes (sled)")
+    p.add_argument("--state-cache-bytes", type=int, default=128 << 20, help="store.state_cache_bytes")
+    p.add_argument("--brokers", help="an existing Kafka (host:port); default: start tansu")
+    p.add_argument("--binary", default=os.path.join(REPO, "target/release/longmem"))
+    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the drain")
+    args = p.parse_args()
+
+    broker = None
+    if args.brokers:
+        bootstrap = args.brokers
+    else:
+        port = free_port()
+        bootstrap = f"127.0.0.1:{port}"
+        tansu = os.environ.get("LONGMEM_TANSU", os.path.join(REPO, ".tools/bin/tansu"))
+        broker = subprocess.Popen([tansu, "broker", "--listener-url", f"tcp://{bootstrap}",
+                                   "--advertised-listener-url", f"tcp://{bootstrap}",
+                                   "--storage-engine", "memory://tansu/"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+    run = f"flood-{os.getpid()}"
+    topics = {k: f"{run}.{k}" for k in ("events", "recommendations", "alerts", "dead-letter")}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(t, args.partitions, 1, config={"retention.ms": "-1"})
+                                   for t in topics.values()])
+    for f in futures.values():
+        f.result(30)
+
+    items = open(os.path.join(REPO, args.model, "items.txt")).read().split()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "none",
+                         "queue.buffering.max.messages": 1_000_000})
+    rng = random.Random(7)
+    now = int(time.time() * 1000)
+    t0 = time.time()
+    for _round in range(args.events_per_user):
+        for u in range(args.users):
+            user = f"flood-{u}"
+            event = {"event_type": "click", "user_id": user, "item_id": rng.choice(items), "timestamp_ms": now}
+            while True:
+                try:
+                    producer.produce(topics["events"], json.dumps(event).encode(), user.encode())
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            producer.poll(0)
+    if producer.flush(300) != 0:
+        sys.exit("the producer could not deliver every event")
+    events = args.users * args.events_per_user
+    print(f"produced {events} events over {args.users} users in {time.time() - t0:.1f} s", flush=True)
+
+    work = tempfile.mkdtemp(prefix="longmem-flood-")
+    metrics_addr = f"127.0.0.1:{free_port()}"
+    config = os.path.join(work, "longmem.toml")
+    with open(config, "w") as f:
+        f.write(f"""
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{run}"
+[topics]
+input = ["{topics['events']}"]
+recommendations = "{topics['recommendations']}"
+alerts = "{topics['alerts']}"
+dead_letter = "{topics['dead-letter']}"
+[store]
+path = "{work}/store"
+cache_bytes = {args.cache_bytes}
+state_cache_bytes = {args.state_cache_bytes}
+[model]
+path = "{os.path.join(REPO, args.model)}"
+[metrics]
+listen = "{metrics_addr}"
+""")
+    daemon = subprocess.Popen([args.binary, "run", "--config", config], env={**os.environ, "LONGMEM_LOG": "warn"},
+                              stdout=subprocess.DEVNULL)
+    print("| s | events answered | RSS MiB | peak RSS MiB | state cache MiB | store on disk MiB |")
+    print("|---|---|---|---|---|---|", flush=True)
+    started, first, done = time.time(), None, 0.0
+    try:
+        while time.time() - started < args.timeout:
+            time.sleep(5)
+            if daemon.poll() is not None:
+                sys.exit(f"the daemon exited with {daemon.returncode}")
+            done = metric(metrics_addr, "longmem_recommendations_produced_total") or 0.0
+            if done and first is None:
+                first = time.time()
+            rss, peak = rss_mib(daemon.pid)
+            cache = (metric(metrics_addr, "longmem_state_cache_bytes") or 0.0) / 2**20
+            print(f"| {time.time() - started:.0f} | {done:.0f} | {rss:.0f} | {peak:.0f} | {cache:.0f} | "
+                  f"{du_bytes(work + '/store') / 2**20:.0f} |", flush=True)
+            if done >= events:
+                break
+        elapsed = time.time() - (first or started)
+        rss, peak = rss_mib(daemon.pid)
+        store = du_bytes(work + "/store")
+        print(json.dumps({"users": args.users, "events": events, "answered": int(done),
+                          "events_per_s": round(done / elapsed), "rss_mib": round(rss), "peak_rss_mib": round(peak),
+                          "store_bytes_per_user": round(store / args.users),
+                          "cache_bytes": args.cache_bytes, "state_cache_bytes": args.state_cache_bytes}))
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        if broker:
+            broker.kill()
+        subprocess.run(["rm", "-rf", work])
+
+
+if __name__ == "__main__":
+    main()
