@@ -205,11 +205,6 @@ pub struct ModelConfig {
     /// latency per call for a core kept busy even when events are few (onnxruntime #11118).
     #[serde(default)]
     pub intra_op_spinning: bool,
-    /// Keep ONNX Runtime's CPU memory arena (and its per-shape allocation plans): memory a graph
-    /// run took is kept for the next run instead of being returned. Off, each run allocates and
-    /// frees, and the model's memory stays at what one batch needs.
-    #[serde(default = "default_cpu_memory_arena")]
-    pub cpu_memory_arena: bool,
     /// Path of libonnxruntime.so; when unset, `ORT_DYLIB_PATH` is used.
     #[serde(default)]
     pub runtime_library: Option<PathBuf>,
@@ -324,9 +319,6 @@ fn default_produce_timeout_ms() -> u64 {
 }
 fn default_history_len() -> usize {
     50
-}
-fn default_cpu_memory_arena() -> bool {
-    true
 }
 fn default_state_cache_bytes() -> u64 {
     128 * 1024 * 1024

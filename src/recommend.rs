@@ -324,7 +324,6 @@ mod tests {
             exclude_seen: true,
             intra_threads: 1,
             intra_op_spinning: false,
-            cpu_memory_arena: true,
             runtime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
         }
     }

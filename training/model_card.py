@@ -73,7 +73,8 @@ def recommender_card(m, r):
         "|---|---|",
         f"| architecture | {arch} |",
         f"| graphs | `model.onnx` (full: `item_seq` [batch, {m['window']}] → top {m['candidates']} candidates and all scores), "
-        f"`step.onnx` (`item` [batch] + state → new state + top {m['candidates']}); both read `weights.bin` |",
+        f"`step.onnx` (`item` [batch] + state → new state + top {m['candidates']})"
+        f"{'; both' if 'prefill' not in m['step'] else ', `prefill.onnx` (`item_seq` → the state after the window); all three'} read `weights.bin` |",
         f"| state per user | {r['state_bytes_per_user']:,} bytes: {state} |",
         f"| data | {data_description(m)}; sha256 `{r['data_sha256'][:16]}…` |",
         "| split | leave-one-out: last item test, second-to-last validation, the rest training |",
@@ -107,6 +108,13 @@ def recommender_card(m, r):
         f"{c['full_batch256_us_per_event']:,} µs at batch 256; step {c['step_batch1_us_per_event']:,} µs at batch 1, "
         f"{c['step_batch256_us_per_event']:,} µs at batch 256 ({cost_origin(r)}).",
     ]
+    if "prefill_parity" in r:
+        q = r["prefill_parity"]
+        lines.append(
+            f"- `prefill.onnx` (the state after a window, in one call; the daemon keeps this state in RAM, not in the store, "
+            f"and rebuilds a missing one with it) vs stepping each test user's whole prefix: the next step ranks the same "
+            f"top 10 from either state for {round(q['same_top10_share'] * q['users']):,} of {q['users']:,} users, "
+            f"largest difference in the filled cache slots {q['max_abs_state_diff']:.1e}.")
     return "\n".join(lines)
 
 
@@ -163,6 +171,13 @@ def forecaster_card(m, r):
         f"{c['full_batch256_us_per_event']:,} µs at batch 256; step {c['step_batch1_us_per_event']:,} µs at batch 1, "
         f"{c['step_batch256_us_per_event']:,} µs at batch 256 ({cost_origin(r)}).",
     ]
+    if "prefill_parity" in r:
+        q = r["prefill_parity"]
+        lines.append(
+            f"- `prefill.onnx` (the state after a window, in one call; the daemon keeps this state in RAM, not in the store, "
+            f"and rebuilds a missing one with it) vs stepping each test user's whole prefix: the next step ranks the same "
+            f"top 10 from either state for {round(q['same_top10_share'] * q['users']):,} of {q['users']:,} users, "
+            f"largest difference in the filled cache slots {q['max_abs_state_diff']:.1e}.")
     return "\n".join(lines)
 
 

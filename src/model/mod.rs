@@ -472,13 +472,6 @@ fn open_graph(
         .with_intra_threads(config.intra_threads)
         .map_err(|e| load_err(&e))?
         .with_intra_op_spinning(config.intra_op_spinning)
-        .map_err(|e| load_err(&e))?
-        .with_memory_pattern(config.cpu_memory_arena)
-        .map_err(|e| load_err(&e))?;
-    use ort::ep::ExecutionProvider as _;
-    ort::ep::CPU::default()
-        .with_arena_allocator(config.cpu_memory_arena)
-        .register(&mut builder)
         .map_err(|e| load_err(&e))?;
     let provider = match config.execution_provider {
         ExecutionProvider::Cpu => ExecutionProvider::Cpu,
@@ -596,7 +589,6 @@ mod tests {
             mode: ModelMode::Auto,
             intra_threads: 1,
             intra_op_spinning: false,
-            cpu_memory_arena: true,
             runtime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
         }
     }
