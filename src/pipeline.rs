@@ -17,7 +17,7 @@
 //! reads the memories a handed-on batch changed from [`Pending`] until they are in the store.
 //! Batches are finished in order; a batch that is not written (shutdown, error) takes every later
 //! one with it, since they were computed on its state. Rebalances wait until nothing is in flight
-//! ([`crate::source::InFlight`]).
+//! ([`crate::checkpoint::Checkpoint`]).
 //!
 //! A crash before step 6 replays the batch from unchanged state (outputs repeat, none is missing); a
 //! crash after it replays nothing. Each event is applied to the state exactly once; each output is
@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::event::{
     self, DeadLetter, Event, EventType, InMessage, ModelRef, Recommendation, RejectReason,
@@ -40,7 +41,7 @@ use crate::model::{Model, ModelError};
 use crate::recommend;
 use crate::shutdown::Shutdown;
 use crate::sink::{Output, Sink, SinkError};
-use crate::source::{InFlight, Source, SourceError};
+use crate::source::{Source, SourceError};
 use crate::supply::{AlertKind, SupplyError, SupplyStage};
 
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +214,7 @@ fn run_inner(
     metrics::record_store(&store);
     let sink = Sink::new(config)?;
     let source = Source::new(config, store.clone(), health.clone(), shutdown.clone())?;
-    let in_flight = source.in_flight();
+    let checkpoint = source.checkpoint();
     let pending = Mutex::new(Pending::default());
     let mut worker = Worker {
         config,
@@ -228,7 +229,7 @@ fn run_inner(
         store: &store,
         sink: &sink,
         pending: &pending,
-        in_flight: &in_flight,
+        checkpoint: &checkpoint,
         shutdown,
         stats,
     };
@@ -265,12 +266,12 @@ fn run_inner(
                     .lock()
                     .expect("pending lock")
                     .remember(seq, &prepared.writes);
-                in_flight.start();
+                checkpoint.batch_started();
                 // Blocks while the finisher is a batch behind: that wait counts as busy.
                 let handed_on = hand_on.send(prepared);
                 stats.busy_end();
                 if handed_on.is_err() {
-                    in_flight.end();
+                    checkpoint.batch_ended();
                     break Ok(()); // the finisher stopped; its report says why
                 }
             }
@@ -535,7 +536,7 @@ struct Finisher<'a> {
     store: &'a Store,
     sink: &'a Sink,
     pending: &'a Mutex<Pending>,
-    in_flight: &'a InFlight,
+    checkpoint: &'a Checkpoint,
     shutdown: &'a Shutdown,
     stats: &'a RunStats,
 }
@@ -546,14 +547,14 @@ impl Finisher<'_> {
             self.stats.busy_begin();
             let finished = self.finish(&prepared);
             self.stats.busy_end();
-            self.in_flight.end();
+            self.checkpoint.batch_ended();
             let stop = !matches!(finished, Finished::Written(_));
             let _ = report.send(finished);
             if stop {
                 // Later batches were computed on this one's state: none of them may be written.
                 // Take (and drop) them until the pipeline stops handing any on.
                 for _ in handed.iter() {
-                    self.in_flight.end();
+                    self.checkpoint.batch_ended();
                 }
                 return;
             }

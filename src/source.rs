@@ -7,7 +7,7 @@
 //!   the group's committed offset (then `auto.offset.reset`).
 //! - Rebalance callbacks run only inside poll, and wait until no batch is in flight (the pipeline
 //!   computes the next batch while the last one's outputs are acknowledged and its state written:
-//!   [`InFlight`]), so offsets are read from and committed to a store that holds every batch handed
+//!   [`Checkpoint`]), so offsets are read from and committed to a store that holds every batch handed
 //!   on. A revoked partition's stored offsets are committed synchronously before it is released, and
 //!   messages of it still waiting in an unfinished batch are dropped (they were never applied; the
 //!   next owner reads them again).
@@ -15,9 +15,8 @@
 //!   be finished, and librdkafka's prefetch queue is bounded (`queued.max.messages.kbytes`), so a
 //!   slow model slows consumption instead of growing memory.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -28,6 +27,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Message};
 
 use crate::batch::Batcher;
+use crate::checkpoint::{Checkpoint, Partition, Standing};
 use crate::config::Config;
 use crate::event::InMessage;
 use crate::memory::Store;
@@ -45,75 +45,34 @@ pub enum SourceError {
     },
 }
 
-type Partition = (String, i32);
-
-/// Batches handed on by the pipeline whose state is not yet in the store. A rebalance waits for
-/// none: the offsets it reads and commits must be those of everything processed.
-pub struct InFlight {
-    count: Mutex<usize>,
-    idle: std::sync::Condvar,
-    /// How long a rebalance waits for them: a batch that takes longer is stuck (see [`InFlight::wait_idle`]).
-    deadline: Duration,
-}
-
-impl InFlight {
-    pub fn start(&self) {
-        *self.count.lock().expect("in-flight lock") += 1;
-    }
-
-    /// A batch was written, or dropped unwritten (it will be replayed).
-    pub fn end(&self) {
-        let mut n = self.count.lock().expect("in-flight lock");
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            self.idle.notify_all();
-        }
-    }
-
-    /// Waits until no batch is in flight; `false` when one still is after the deadline.
-    pub fn wait_idle(&self) -> bool {
-        let n = self.count.lock().expect("in-flight lock");
-        let (n, _) = self
-            .idle
-            .wait_timeout_while(n, self.deadline, |n| *n > 0)
-            .expect("in-flight lock");
-        *n == 0
-    }
-}
-
 /// Callbacks librdkafka runs inside `poll`: rebalances and statistics.
 pub struct SourceContext {
     store: Store,
-    in_flight: Arc<InFlight>,
+    checkpoint: Arc<Checkpoint>,
     health: Arc<Health>,
     shutdown: Shutdown,
-    assigned: Mutex<HashSet<Partition>>,
-    /// Next offset the pipeline will process, per assigned partition, where known: the stored offset
-    /// at assignment, then each finished batch's. Lag is measured from here, not from librdkafka's
-    /// fetch position, which runs ahead of processing (prefetch) and is unknown before the first
-    /// message (so librdkafka reports no lag for a partition that never delivers one).
-    positions: Mutex<HashMap<Partition, i64>>,
-    /// Partitions revoked since the poll loop last looked; their unprocessed messages are dropped.
-    revoked: Mutex<Vec<Partition>>,
 }
 
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
-        let assigned = self.assigned.lock().expect("assigned lock");
-        let positions = self.positions.lock().expect("positions lock");
         let mut total = 0i64;
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 let key = (topic.clone(), *partition);
-                if !assigned.contains(&key) || p.hi_offset < 0 {
+                if p.hi_offset < 0 {
                     continue;
                 }
-                let lag = match positions.get(&key) {
-                    Some(next) => (p.hi_offset - next).max(0),
-                    None if p.consumer_lag >= 0 => p.consumer_lag,
-                    None if p.committed_offset >= 0 => (p.hi_offset - p.committed_offset).max(0),
+                // Lag from the next offset the pipeline will process, not librdkafka's fetch
+                // position, which runs ahead (prefetch) and is unknown before a first message.
+                let lag = match self.checkpoint.standing(&key) {
+                    Standing::NotAssigned => continue,
+                    Standing::At(next) => (p.hi_offset - next).max(0),
+                    Standing::Unknown if p.consumer_lag >= 0 => p.consumer_lag,
+                    Standing::Unknown if p.committed_offset >= 0 => {
+                        (p.hi_offset - p.committed_offset).max(0)
+                    }
                     // Never processed here and nothing committed: everything retained is waiting.
-                    None => (p.hi_offset - p.lo_offset.max(0)).max(0),
+                    Standing::Unknown => (p.hi_offset - p.lo_offset.max(0)).max(0),
                 };
                 metrics::record_lag(topic, *partition, lag);
                 total += lag;
@@ -138,11 +97,11 @@ impl ConsumerContext for SourceContext {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
-        if !self.in_flight.wait_idle() {
+        if !self.checkpoint.wait_idle() {
             // A batch may still write its state and offsets: reading or committing offsets now
             // could apply events twice. Stop instead; a restart reads everything from the store.
             tracing::error!(
-                deadline = ?self.in_flight.deadline,
+                deadline = ?self.checkpoint.deadline(),
                 "a micro-batch is still unwritten after the in-flight deadline during a rebalance \
                  (outputs not acknowledged, or the store not written); stopping without taking \
                  the new assignment. Check the broker and the store volume; the restart resumes \
@@ -161,17 +120,13 @@ impl ConsumerContext for SourceContext {
         }
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.seek_to_stored_offsets(tpl);
+                let stored = self.seek_to_stored_offsets(tpl);
                 let r = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
                     consumer.assign(tpl)
                 };
-                let mut assigned = self.assigned.lock().expect("assigned lock");
-                if !cooperative {
-                    assigned.clear();
-                }
-                assigned.extend(partitions_of(tpl));
+                self.checkpoint.assign(stored, !cooperative);
                 // A new assignment has not stalled yet: the watchdog's clock starts now.
                 self.health.record_progress();
                 tracing::info!(partitions = ?partitions_of(tpl), "partitions assigned");
@@ -180,15 +135,8 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = partitions_of(tpl);
                 self.commit_stored_offsets(consumer, &revoked);
-                self.revoked
-                    .lock()
-                    .expect("revoked lock")
-                    .extend(revoked.iter().cloned());
-                let mut assigned = self.assigned.lock().expect("assigned lock");
-                let mut positions = self.positions.lock().expect("positions lock");
+                self.checkpoint.revoke(&revoked);
                 for p in &revoked {
-                    assigned.remove(p);
-                    positions.remove(p);
                     // Another instance reports this partition's lag now.
                     metrics::record_lag(&p.0, p.1, 0);
                 }
@@ -201,15 +149,14 @@ impl ConsumerContext for SourceContext {
             }
             other => {
                 tracing::error!(error = ?other, "rebalance failed; releasing the assignment");
-                self.assigned.lock().expect("assigned lock").clear();
-                self.positions.lock().expect("positions lock").clear();
+                self.checkpoint.release_all();
                 consumer.unassign()
             }
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "applying the rebalance failed");
         }
-        let n = self.assigned.lock().expect("assigned lock").len();
+        let n = self.checkpoint.assigned_count();
         self.health.assigned_partitions.store(n, Ordering::Relaxed);
         metrics::record_assigned(n);
     }
@@ -223,26 +170,31 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<Partition> {
 }
 
 impl SourceContext {
-    fn seek_to_stored_offsets(&self, tpl: &mut TopicPartitionList) {
+    /// Starts each partition at the next offset its store recorded; returns what was found.
+    fn seek_to_stored_offsets(
+        &self,
+        tpl: &mut TopicPartitionList,
+    ) -> Vec<(Partition, Option<i64>)> {
+        let mut stored = Vec::new();
         for (topic, partition) in partitions_of(tpl) {
-            match self.store.next_offset(&topic, partition) {
+            let next = match self.store.next_offset(&topic, partition) {
                 Ok(Some(next)) => {
-                    self.positions
-                        .lock()
-                        .expect("positions lock")
-                        .insert((topic.clone(), partition), next);
                     if let Err(e) =
                         tpl.set_partition_offset(&topic, partition, Offset::Offset(next))
                     {
                         tracing::error!(%topic, partition, error = %e, "cannot set the start offset");
                     }
+                    Some(next)
                 }
-                Ok(None) => {}
+                Ok(None) => None,
                 Err(e) => {
-                    tracing::error!(%topic, partition, error = %e, "cannot read the stored offset; using the group's committed offset")
+                    tracing::error!(%topic, partition, error = %e, "cannot read the stored offset; using the group's committed offset");
+                    None
                 }
-            }
+            };
+            stored.push(((topic, partition), next));
         }
+        stored
     }
 
     fn commit_stored_offsets(&self, consumer: &BaseConsumer<Self>, partitions: &[Partition]) {
@@ -304,16 +256,9 @@ impl Source {
         }
         let context = SourceContext {
             store,
-            in_flight: Arc::new(InFlight {
-                count: Mutex::new(0),
-                idle: std::sync::Condvar::new(),
-                deadline: config.in_flight_deadline(),
-            }),
+            checkpoint: Arc::new(Checkpoint::new(config.in_flight_deadline())),
             health,
             shutdown,
-            assigned: Mutex::new(HashSet::new()),
-            positions: Mutex::new(HashMap::new()),
-            revoked: Mutex::new(Vec::new()),
         };
         let consumer: BaseConsumer<SourceContext> = cc
             .create_with_context(context)
@@ -364,23 +309,17 @@ impl Source {
     }
 
     fn drop_revoked(&self, batch: &mut Batcher<InMessage>) {
-        let mut revoked = self
-            .consumer
-            .context()
-            .revoked
-            .lock()
-            .expect("revoked lock");
-        if revoked.is_empty() {
+        let gone = self.consumer.context().checkpoint.take_revoked();
+        if gone.is_empty() {
             return;
         }
-        let gone: HashSet<Partition> = revoked.drain(..).collect();
         batch.retain(|m| !gone.contains(&(m.topic.clone(), m.partition)));
         tracing::info!(partitions = ?gone, "dropped unprocessed messages of revoked partitions");
     }
 
-    /// The pipeline's count of batches handed on and not yet written.
-    pub fn in_flight(&self) -> Arc<InFlight> {
-        self.consumer.context().in_flight.clone()
+    /// Where the partitions stand, and the batches handed on and not yet written.
+    pub fn checkpoint(&self) -> Arc<Checkpoint> {
+        self.consumer.context().checkpoint.clone()
     }
 
     /// Commits next offsets to Kafka, for lag monitoring and tools; the store is the source of truth.
@@ -389,17 +328,10 @@ impl Source {
         next_offsets: impl Iterator<Item = (&'a str, i32, i64)>,
     ) -> KafkaResult<()> {
         let mut tpl = TopicPartitionList::new();
-        {
-            let mut positions = self
-                .consumer
-                .context()
-                .positions
-                .lock()
-                .expect("positions lock");
-            for (topic, partition, next) in next_offsets {
-                tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
-                positions.insert((topic.to_string(), partition), next);
-            }
+        let checkpoint = &self.consumer.context().checkpoint;
+        for (topic, partition, next) in next_offsets {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
+            checkpoint.advanced(topic, partition, next);
         }
         if tpl.count() == 0 {
             return Ok(());
@@ -412,15 +344,7 @@ impl Source {
         self.consumer.unsubscribe();
         // Serve the revoke callback that unsubscribe queued.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && !self
-                .consumer
-                .context()
-                .assigned
-                .lock()
-                .expect("assigned lock")
-                .is_empty()
-        {
+        while Instant::now() < deadline && self.consumer.context().checkpoint.assigned_count() > 0 {
             let _ = self.consumer.poll(Duration::from_millis(50));
         }
     }
