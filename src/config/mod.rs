@@ -6,12 +6,20 @@
 //! where it is, so that one comes alone. Kafka client settings
 //! that longmem does not model itself pass through verbatim to librdkafka (`[kafka.properties]`,
 //! `[kafka.consumer]`, `[kafka.producer]`), so any Kafka (SASL, SSL, cloud) can be reached.
+//!
+//! Here the types and their defaults; `env.rs` the environment layer; `validate.rs` the rules.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+mod env;
+mod validate;
+
+use env::apply_override;
+pub use validate::MANAGED_KAFKA_PROPERTIES;
 
 /// Prefix of environment overrides: `LONGMEM__BATCH__MAX_EVENTS=1024` sets `batch.max_events`.
 pub const ENV_PREFIX: &str = "LONGMEM__";
@@ -379,186 +387,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every rule and reports every key that breaks one, not only the first.
-    fn validate(&self) -> Result<(), ConfigError> {
-        let mut errors = Vec::new();
-        if self.kafka.bootstrap_servers.trim().is_empty() {
-            errors.push(key_error(
-                "kafka.bootstrap_servers",
-                "is empty; give host:port of at least one broker",
-            ));
-        }
-        if self.kafka.group_id.trim().is_empty() {
-            errors.push(key_error(
-                "kafka.group_id",
-                "is empty; every instance of one deployment uses the same group id",
-            ));
-        }
-        for (section, props) in [
-            ("kafka.properties", &self.kafka.properties),
-            ("kafka.consumer", &self.kafka.consumer),
-            ("kafka.producer", &self.kafka.producer),
-        ] {
-            for key in props.keys() {
-                if MANAGED_KAFKA_PROPERTIES.contains(&key.as_str()) {
-                    errors.push(key_error(
-                        &format!("{section}.{key}"),
-                        "is set by longmem itself to keep its delivery guarantees and cannot be overridden",
-                    ));
-                }
-            }
-        }
-        if self.kafka.produce_timeout_ms == 0 {
-            errors.push(key_error("kafka.produce_timeout_ms", "must be at least 1"));
-        }
-        if self.topics.input.is_empty() {
-            errors.push(key_error(
-                "topics.input",
-                "is empty; list at least one input topic",
-            ));
-        }
-        let outputs = [
-            ("topics.recommendations", &self.topics.recommendations),
-            ("topics.alerts", &self.topics.alerts),
-            ("topics.dead_letter", &self.topics.dead_letter),
-        ];
-        for (key, topic) in outputs {
-            if topic.trim().is_empty() {
-                errors.push(key_error(key, "is empty; name the output topic"));
-            }
-            if self.topics.input.contains(topic) {
-                errors.push(key_error(
-                    key,
-                    format!(
-                        "`{topic}` is also an input topic; the daemon would consume its own output"
-                    ),
-                ));
-            }
-        }
-        if let Some(topic) = &self.supply.demand_topic {
-            if !self.topics.input.contains(topic) {
-                errors.push(key_error(
-                    "supply.demand_topic",
-                    format!("`{topic}` is not one of topics.input; demand must be read back to be counted"),
-                ));
-            }
-        }
-        let p = &self.supply;
-        let probabilities = [
-            ("supply.open_probability", p.open_probability),
-            ("supply.critical_probability", p.critical_probability),
-            ("supply.resolve_probability", p.resolve_probability),
-        ];
-        for (key, v) in probabilities {
-            if !(0.0..=1.0).contains(&v) {
-                errors.push(key_error(key, "must be a probability between 0 and 1"));
-            }
-        }
-        if p.resolve_probability >= p.open_probability
-            || p.critical_probability < p.open_probability
-        {
-            errors.push(key_error(
-                "supply.resolve_probability",
-                "must be below supply.open_probability, which must not exceed supply.critical_probability",
-            ));
-        }
-        if !(p.lead_time_days >= 0.0 && p.review_days >= 0.0) {
-            errors.push(key_error(
-                "supply.lead_time_days",
-                "lead time and review days must be >= 0",
-            ));
-        }
-        if !(1..=365).contains(&p.max_catch_up_days) {
-            errors.push(key_error(
-                "supply.max_catch_up_days",
-                "must be between 1 and 365",
-            ));
-        }
-        if p.closing_count_hour.is_some_and(|h| h > 23) {
-            errors.push(key_error(
-                "supply.closing_count_hour",
-                "must be an hour of the day, 0 to 23 (UTC)",
-            ));
-        }
-        if !(1..=100_000).contains(&self.batch.max_events) {
-            errors.push(key_error(
-                "batch.max_events",
-                "must be between 1 and 100000",
-            ));
-        }
-        if self.batch.max_wait_ms > 60_000 {
-            errors.push(key_error(
-                "batch.max_wait_ms",
-                "must be at most 60000 (one minute)",
-            ));
-        }
-        if !(1..=10_000).contains(&self.store.history_len) {
-            errors.push(key_error(
-                "store.history_len",
-                "must be between 1 and 10000",
-            ));
-        }
-        if self
-            .kafka
-            .instance_id
-            .as_ref()
-            .is_some_and(|id| id.trim().is_empty())
-        {
-            errors.push(key_error(
-                "kafka.instance_id",
-                "must not be empty; leave it unset for dynamic membership",
-            ));
-        }
-        if self.metrics.stall_timeout_s * 1000 <= self.kafka.produce_timeout_ms {
-            errors.push(key_error(
-                "metrics.stall_timeout_s",
-                format!(
-                    "must be longer than kafka.produce_timeout_ms ({} ms): a batch waiting for the \
-                     broker's acknowledgement is not stalled",
-                    self.kafka.produce_timeout_ms
-                ),
-            ));
-        }
-        if self.model.intra_threads == 0 {
-            errors.push(key_error("model.intra_threads", "must be at least 1"));
-        }
-        if cfg!(not(feature = "cuda")) && self.model.execution_provider == ExecutionProvider::Cuda {
-            errors.push(key_error(
-                "model.execution_provider",
-                "\"cuda\" needs a build with `--features cuda`; this binary supports only \"cpu\"",
-            ));
-        }
-        if self.metrics.listen.parse::<SocketAddr>().is_err() {
-            errors.push(key_error(
-                "metrics.listen",
-                format!(
-                    "`{}` is not an ip:port address such as 127.0.0.1:9464",
-                    self.metrics.listen
-                ),
-            ));
-        }
-        if self.limits.max_message_bytes < 64 {
-            errors.push(key_error("limits.max_message_bytes", "must be at least 64"));
-        }
-        if self.limits.max_id_len == 0 {
-            errors.push(key_error("limits.max_id_len", "must be at least 1"));
-        }
-        if self.limits.max_future_skew_ms < 0 {
-            errors.push(key_error(
-                "limits.max_future_skew_ms",
-                "must not be negative",
-            ));
-        }
-        if self.limits.max_quantity < 1 {
-            errors.push(key_error("limits.max_quantity", "must be at least 1"));
-        }
-        match errors.len() {
-            0 => Ok(()),
-            1 => Err(errors.remove(0)),
-            _ => Err(ConfigError::Keys(errors)),
-        }
-    }
-
     /// How long a rebalance waits for batches in flight, and shutdown for the pipeline: one
     /// delivery attempt of a batch's outputs (librdkafka's message timeout) and a sled flush fit.
     pub fn in_flight_deadline(&self) -> std::time::Duration {
@@ -570,71 +398,6 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a validated config always serializes")
     }
-}
-
-/// librdkafka settings longmem owns: overriding them would break "outputs acknowledged before the
-/// offset moves" or exactly-once state.
-pub const MANAGED_KAFKA_PROPERTIES: &[&str] = &[
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "enable.idempotence",
-    "acks",
-    "group.id",
-    "bootstrap.servers",
-];
-
-/// Applies one `LONGMEM__A__B=value` override to the TOML tree. The value is read as a TOML value
-/// (`1024`, `true`, `["a","b"]`) and otherwise taken as a string; a comma-separated string sets a list.
-/// Below `kafka.properties`, `kafka.consumer` and `kafka.producer`, `_` in the name stands for `.`
-/// (`LONGMEM__KAFKA__PROPERTIES__SASL_MECHANISM` sets `sasl.mechanism`).
-fn apply_override(tree: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
-    let env_error = |message: &str| ConfigError::Env {
-        var: var.to_string(),
-        message: message.to_string(),
-    };
-    let mut path: Vec<String> = var[ENV_PREFIX.len()..]
-        .split("__")
-        .map(|s| s.to_ascii_lowercase())
-        .collect();
-    if path.iter().any(|s| s.is_empty()) {
-        return Err(env_error("has an empty section; use LONGMEM__SECTION__KEY"));
-    }
-    let librdkafka_property = path.len() == 3
-        && path[0] == "kafka"
-        && ["properties", "consumer", "producer"].contains(&path[1].as_str());
-    if librdkafka_property {
-        path[2] = path[2].replace('_', ".");
-    }
-    let (last, parents) = path.split_last().expect("split yields at least one part");
-    let mut table = tree;
-    for part in parents {
-        let entry = table
-            .entry(part.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| env_error(&format!("`{part}` is a value, not a section")))?;
-    }
-    let existing_is_list = matches!(table.get(last), Some(toml::Value::Array(_)));
-    let value = match format!("v = {raw}").parse::<toml::Table>() {
-        // librdkafka takes every property as a string, `10` included.
-        _ if librdkafka_property => toml::Value::String(raw.to_string()),
-        Ok(mut t) => t.remove("v").expect("parsed table has v"),
-        Err(_) if existing_is_list => toml::Value::Array(
-            raw.split(',')
-                .map(|s| toml::Value::String(s.trim().to_string()))
-                .filter(|v| v.as_str() != Some(""))
-                .collect(),
-        ),
-        Err(_) => toml::Value::String(raw.to_string()),
-    };
-    // A string setting must stay a string even when it looks like a number (`group_id = 42`).
-    let value = match (table.get(last), value) {
-        (Some(toml::Value::String(_)), v) if !v.is_str() => toml::Value::String(raw.to_string()),
-        (_, v) => v,
-    };
-    table.insert(last.clone(), value);
-    Ok(())
 }
 
 #[cfg(test)]
