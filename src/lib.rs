@@ -1,7 +1,7 @@
 //! longmem: Kafka commerce events → sled long-term memory → ONNX Runtime → recommendations.
 //!
 //! The modules follow one event through the daemon:
-//! [`source`] (consumer) → [`batch`] (micro-batcher) → [`event`] (decode and validate) →
+//! [`source`] (consumer, rebalances, micro-batcher) → [`event`] (decode and validate) →
 //! [`memory`] (sled) → [`recommend`] with [`model`] (ONNX Runtime) → [`sink`] (producer), wired by [`pipeline`],
 //! with [`checkpoint`] keeping where each partition stands and which batches are in flight;
 //! configured by [`config`], observed through [`metrics`], stopped by [`shutdown`].
@@ -9,7 +9,6 @@
 //! the benchmark, the supply-chain simulator and the evaluations. The daemon's modules never use
 //! it: `cargo check --no-default-features` builds the core alone (part of `make lint`).
 
-pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod event;
