@@ -465,10 +465,12 @@ impl Store {
     }
 
     /// (size, available bytes) of the filesystem the store lives on, for the disk-space alert.
+    #[allow(unsafe_code)]
     pub fn volume(&self) -> Option<(u64, u64)> {
         let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).ok()?;
-        // SAFETY: statvfs only writes the struct it is given; `path` is NUL-terminated.
+        // SAFETY: statvfs is plain data; all zeroes is a valid value.
         let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statvfs only writes the struct it is given; `path` is NUL-terminated.
         if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
             return None;
         }

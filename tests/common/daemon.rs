@@ -93,7 +93,9 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits for a clean exit.
+    #[allow(unsafe_code)]
     pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill sends a signal to our own child; no memory is touched.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         let status = wait_for(
             "the daemon to exit after SIGTERM",
