@@ -1,0 +1,86 @@
+//! Steps 5–6 of each micro-batch on the finisher thread: produce the outputs and wait for the
+//! broker, then write the state and offsets in one atomic batch.
+
+use super::*;
+
+/// Steps 5–6 for each prepared batch, in order, on its own thread: produce the outputs and wait for
+/// the broker's acknowledgements (on failure: produce them again; the state is still unwritten),
+/// then write the state and offsets in one atomic batch and flush.
+pub(super) struct Finisher<'a> {
+    pub(super) store: &'a Store,
+    pub(super) sink: &'a Sink,
+    pub(super) pending: &'a Mutex<Pending>,
+    pub(super) checkpoint: &'a Checkpoint,
+    pub(super) shutdown: &'a Shutdown,
+    pub(super) stats: &'a RunStats,
+}
+
+impl Finisher<'_> {
+    pub(super) fn run(self, handed: mpsc::Receiver<Prepared>, report: mpsc::Sender<Finished>) {
+        for prepared in handed.iter() {
+            self.stats.busy_begin();
+            let finished = self.finish(&prepared);
+            self.stats.busy_end();
+            self.checkpoint.batch_ended();
+            let stop = !matches!(finished, Finished::Written(_));
+            let _ = report.send(finished);
+            if stop {
+                // Later batches were computed on this one's state: none of them may be written.
+                // Take (and drop) them until the pipeline stops handing any on.
+                for _ in handed.iter() {
+                    self.checkpoint.batch_ended();
+                }
+                return;
+            }
+        }
+    }
+
+    fn finish(&self, p: &Prepared) -> Finished {
+        // 5. produce and wait for acknowledgements
+        let t = Instant::now();
+        if let Err(e) = self.sink.deliver(&p.outputs, self.shutdown) {
+            tracing::warn!(error = %e, "stopping with a batch whose outputs were not acknowledged; it will be replayed");
+            return Finished::Interrupted;
+        }
+        let acked_ms = now_ms();
+        self.stats.record_stage(Stage::Produce, t);
+        for ts in &p.answered_at_ms {
+            let micros = (acked_ms - ts).max(0) as u64 * 1000;
+            metrics::record_end_to_end(micros as f64 / 1e6);
+            self.stats.record_latency(micros);
+        }
+        metrics::record_outputs(p.recommendations, p.dead_letters);
+        for kind in &p.alerts {
+            metrics::record_alert(*kind);
+        }
+        if let Some(duplicates) = p.duplicate_demand {
+            metrics::record_demand(p.demand_records, duplicates);
+        }
+
+        // 6. state and offsets, atomically
+        let t = Instant::now();
+        if let Err(e) = self.store.commit(&p.writes) {
+            return Finished::Failed(e.into());
+        }
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .forget(p.seq, &p.writes);
+        self.stats.record_stage(Stage::Store, t);
+
+        self.stats.messages.fetch_add(p.messages, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .recommendations
+            .fetch_add(p.recommendations, Ordering::Relaxed);
+        self.stats
+            .dead_letters
+            .fetch_add(p.dead_letters, Ordering::Relaxed);
+        Finished::Written(
+            p.writes
+                .next_offsets()
+                .map(|(t, p, o)| (t.to_string(), p, o))
+                .collect(),
+        )
+    }
+}
