@@ -128,7 +128,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { file, config_only } => {
             let config = Config::load(&file)?;
             if !config_only {
-                check_model_files(&config)?;
+                eprintln!("{}", longmem::model::check_installed(&config)?);
             }
             print!("{}", config.to_toml());
             eprintln!("{}: ok", file.display());
@@ -139,17 +139,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             what: InspectWhat::User { id },
         } => {
             let config = Config::load(&config)?;
-            // Opening a sled path creates a store there: look, never create.
-            if !config.store.path.join("db").exists() {
-                anyhow::bail!(
-                    "no store at {} (store.path); start the daemon with this config first",
-                    config.store.path.display()
-                );
-            }
-            let store = Store::open(&config.store.path, 16 << 20)?;
+            let store = Store::open_existing(&config.store.path, 16 << 20)?;
             match store.user(&id)? {
                 Some(memory) => {
-                    // The model state is thousands of floats: show whose it is and its size.
+                    // The model state is thousands of floats: show whose it is and its size. A
+                    // Transformer's key/value cache is not stored (it lives in RAM): null.
                     let state = memory.model_state.as_ref().map(|s| {
                         serde_json::json!({"owner": s.owner, "tensors": s.tensors.len(), "bytes": s.tensors.bytes()})
                     });
@@ -187,39 +181,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             what: EvaluateWhat::Recommendations(args),
         } => longmem::tools::stream_eval::run(args),
     }
-}
-
-/// What `run` would load, without loading it: the manifests and graph files of the model (and the
-/// forecaster, with supply on), and the ONNX Runtime library.
-fn check_model_files(config: &Config) -> anyhow::Result<()> {
-    use longmem::model::Manifest;
-    let manifest = Manifest::load(&config.model.path)?;
-    let mut files = vec![
-        config.model.path.join(&manifest.model_file),
-        config.model.path.join(&manifest.vocabulary_file),
-    ];
-    if let Some(step) = &manifest.step {
-        files.push(config.model.path.join(&step.model_file));
-    }
-    if config.supply.enabled {
-        let forecaster =
-            longmem::model::forecaster::ForecasterManifest::load(&config.supply.forecaster)?;
-        files.push(config.supply.forecaster.join(&forecaster.step.model_file));
-    }
-    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-        anyhow::bail!(
-            "{} is missing: the model directory is incomplete",
-            missing.display()
-        );
-    }
-    let library = longmem::model::runtime_library(config.model.runtime_library.as_deref())?;
-    eprintln!(
-        "model {} v{}, ONNX Runtime {}",
-        manifest.name,
-        manifest.version,
-        library.display()
-    );
-    Ok(())
 }
 
 fn run_daemon(config: Config) -> anyhow::Result<()> {

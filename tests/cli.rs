@@ -120,6 +120,21 @@ fn check_config_checks_the_model_files_and_the_runtime_library() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("is missing"), "{}", stderr(&o));
 
+    // Every graph the manifest names is checked, the prefill graph included.
+    for file in ["items.txt", "model.onnx", "step.onnx", "weights.bin"] {
+        std::fs::copy(
+            repo().join("models/sasrec-ml100k").join(file),
+            model.join(file),
+        )
+        .unwrap();
+    }
+    let o = longmem(
+        &["check-config", "config/default.toml"],
+        &[("LONGMEM__MODEL__PATH", model.to_str().unwrap())],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("prefill.onnx"), "{}", stderr(&o));
+
     let o = longmem(
         &["check-config", "config/default.toml"],
         &[(

@@ -58,6 +58,8 @@ pub enum StoreError {
         found: String,
         expected: u32,
     },
+    #[error("no store at {path} (store.path); start the daemon with this config first")]
+    Missing { path: String },
 }
 
 // The cause is part of each message, so it is not also chained as `source()`: `{:#}` would print it
@@ -401,6 +403,17 @@ impl Store {
             tree,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Opens a store that exists, for reading it (`longmem inspect`): opening a sled path creates a
+    /// store there, so look first and never create one.
+    pub fn open_existing(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        if !path.join("db").exists() {
+            return Err(StoreError::Missing {
+                path: path.display().to_string(),
+            });
+        }
+        Store::open(path, cache_bytes)
     }
 
     pub fn user(&self, user_id: &str) -> Result<Option<UserMemory>, StoreError> {

@@ -456,6 +456,41 @@ fn top_k(
 /// The outputs a recommender's graphs are read for (the rest, such as `scores`, are not fetched).
 const RANKED: [&str; 2] = ["top_items", "top_scores"];
 
+/// What `run` would load, checked without loading it (`longmem check-config`): the model's and the
+/// forecaster's manifests (with supply on), every graph and vocabulary file they name, and the ONNX
+/// Runtime library. Returns a line saying what was found.
+pub fn check_installed(config: &crate::config::Config) -> Result<String, ModelError> {
+    let dir = &config.model.path;
+    let manifest = Manifest::load(dir)?;
+    let mut files = vec![
+        dir.join(&manifest.model_file),
+        dir.join(&manifest.vocabulary_file),
+    ];
+    if let Some(step) = &manifest.step {
+        files.push(dir.join(&step.model_file));
+        if let Some(prefill) = &step.prefill {
+            files.push(dir.join(&prefill.model_file));
+        }
+    }
+    if config.supply.enabled {
+        let forecaster = forecaster::ForecasterManifest::load(&config.supply.forecaster)?;
+        files.push(config.supply.forecaster.join(&forecaster.step.model_file));
+    }
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        return Err(ModelError::Load {
+            path: missing.clone(),
+            message: "the file is missing: the model directory is incomplete".into(),
+        });
+    }
+    let library = runtime_library(config.model.runtime_library.as_deref())?;
+    Ok(format!(
+        "model {} v{}, ONNX Runtime {}",
+        manifest.name,
+        manifest.version,
+        library.display()
+    ))
+}
+
 /// Opens one graph on the configured execution provider, fetching only `outputs` (each must exist).
 fn open_graph(
     env: &ort::environment::Environment,
