@@ -171,13 +171,6 @@ def forecaster_card(m, r):
         f"{c['full_batch256_us_per_event']:,} µs at batch 256; step {c['step_batch1_us_per_event']:,} µs at batch 1, "
         f"{c['step_batch256_us_per_event']:,} µs at batch 256 ({cost_origin(r)}).",
     ]
-    if "prefill_parity" in r:
-        q = r["prefill_parity"]
-        lines.append(
-            f"- `prefill.onnx` (the state after a window, in one call; the daemon keeps this state in RAM, not in the store, "
-            f"and rebuilds a missing one with it) vs stepping each test user's whole prefix: the next step ranks the same "
-            f"top 10 from either state for {round(q['same_top10_share'] * q['users']):,} of {q['users']:,} users, "
-            f"largest difference in the filled cache slots {q['max_abs_state_diff']:.1e}.")
     return "\n".join(lines)
 
 

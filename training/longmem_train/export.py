@@ -122,6 +122,13 @@ def run_steps(step_sess, state_spec, prefixes, with_state=False):
     return (scores, state) if with_state else scores
 
 
+def same_top_k(a, b, k):
+    """Rows of two score matrices whose k best items are the same set."""
+    top_a = np.sort(np.argsort(-a, axis=1, kind="stable")[:, :k], axis=1)
+    top_b = np.sort(np.argsort(-b, axis=1, kind="stable")[:, :k], axis=1)
+    return int((top_a == top_b).all(axis=1).sum())
+
+
 def prefill_parity(out_dir, state_spec, cases, window, k=10, batch=256):
     """The state prefill.onnx builds from a user's last `window` items vs the state stepping their
     whole history leaves: largest difference in the filled cache slots, and the share of users whose
@@ -146,9 +153,7 @@ def prefill_parity(out_dir, state_spec, cases, window, k=10, batch=256):
         nxt = np.array([cases[u][1] for u in chunk], dtype=np.int64)
         a = step.run(["scores"], {"item": nxt, **stepped})[0][:, 1:]
         b = step.run(["scores"], {"item": nxt, **built})[0][:, 1:]
-        top_a = np.sort(np.argsort(-a, axis=1, kind="stable")[:, :k], axis=1)
-        top_b = np.sort(np.argsort(-b, axis=1, kind="stable")[:, :k], axis=1)
-        same += int((top_a == top_b).all(axis=1).sum())
+        same += same_top_k(a, b, k)
     return {"users": len(users), "same_top10_share": same / len(users), "max_abs_state_diff": max_diff}
 
 
@@ -168,9 +173,7 @@ def parity(out_dir, state_spec, cases, window, step_history, k=10, batch=256):
         step_scores = run_steps(step, state_spec, prefixes)
         fs, ss = full_scores[:, 1:], step_scores[:, 1:]
         max_diff = max(max_diff, float(np.abs(fs - ss).max()))
-        top_f = np.argsort(-fs, axis=1, kind="stable")[:, :k]
-        top_s = np.argsort(-ss, axis=1, kind="stable")[:, :k]
-        same += int((np.sort(top_f, axis=1) == np.sort(top_s, axis=1)).all(axis=1).sum())
+        same += same_top_k(fs, ss, k)
     return {"users": len(users), "same_top10_share": same / len(users), "max_abs_score_diff": max_diff}
 
 
