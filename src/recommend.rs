@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::config::StatePrecision;
 use crate::event::{Event, EventType, UserEvent};
 use crate::memory::{Memories, ModelState, StateCache, StateTensors, StoreError, UserMemory};
-use crate::model::{Model, ModelError, TopK};
+use crate::model::{Model, ModelError, StateSpec, TopK};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecommendError {
@@ -203,13 +203,14 @@ fn answered(message: usize, e: &UserEvent) -> Answered {
 enum Opened {
     /// The lane starts from the user's current state.
     Ready(Lane),
-    /// The user's state is missing or another model's: the lane holds an empty state until it is
-    /// rebuilt from the window.
+    /// The user's state is missing or another model's: the lane holds none until it is rebuilt
+    /// from the window (by the prefill graph, or [`Lane::replay`]).
     Rebuild(Lane),
 }
 
 /// Starts a user's lane from their state: `kept` in the cache, else the one stored with the record
-/// when this model wrote it (also a record written before the cache existed).
+/// when this model wrote it (also a record written before the cache existed). A state is allocated
+/// only where none is found and nothing is to be rebuilt.
 fn open_lane(
     model: &Model,
     memory: &UserMemory,
@@ -217,10 +218,18 @@ fn open_lane(
     owner: &str,
     user: &str,
 ) -> Opened {
+    let tensors = model.step_state().map_or(0, <[StateSpec]>::len);
+    let state = kept.or_else(|| {
+        memory
+            .model_state
+            .as_ref()
+            .filter(|s| s.owner == owner && s.tensors.len() == tensors)
+            .map(|s| s.tensors.to_f32())
+    });
     let mut lane = Lane {
         user: user.to_string(),
         pending: VecDeque::new(),
-        state: model.empty_state(),
+        state: Vec::new(),
         seen: VecDeque::new(),
     };
     let window = model.manifest.window;
@@ -231,19 +240,17 @@ fn open_lane(
             .filter_map(|id| model.vocabulary.index_of(id))
             .collect()
     };
-    let stored = memory
-        .model_state
-        .as_ref()
-        .filter(|s| s.owner == owner && s.tensors.len() == lane.state.len())
-        .map(|s| s.tensors.to_f32());
-    match kept.or(stored) {
+    match state {
         Some(state) => {
             lane.state = state;
             lane.seen = seen();
             Opened::Ready(lane)
         }
         // A user with nothing remembered has nothing to rebuild.
-        None if memory.recent_items.is_empty() => Opened::Ready(lane),
+        None if memory.recent_items.is_empty() => {
+            lane.state = model.empty_state();
+            Opened::Ready(lane)
+        }
         None => {
             lane.seen = seen();
             Opened::Rebuild(lane)
@@ -254,6 +261,7 @@ fn open_lane(
 impl Lane {
     /// Queues the user's remembered items to be stepped again ahead of this batch's events.
     fn replay(&mut self, model: &Model, memory: &UserMemory) {
+        self.state = model.empty_state();
         self.seen.clear();
         let replay = memory
             .recent_items
