@@ -3,7 +3,7 @@ export ORT_DYLIB_PATH ?= $(CURDIR)/.tools/onnxruntime/libonnxruntime.so
 export LONGMEM_TANSU ?= $(CURDIR)/.tools/bin/tansu
 export LONGMEM_PROMTOOL ?= $(CURDIR)/.tools/bin/promtool
 
-.PHONY: demo test lint check-training tools models run bench
+.PHONY: demo test lint check-training training-env tools models run bench
 
 ## demo: stream MovieLens-100k through the daemon on an embedded broker and print a summary
 demo: tools
@@ -15,12 +15,21 @@ test: tools lint check-training
 	# The CUDA build on a machine without a GPU: refuses to start, or falls back when allowed.
 	cargo test --features cuda --lib model
 
-## check-training: the forecast-accuracy code against the official M5 figures (numpy only); also
-## installs kubernetes-validate there for tests/operations.rs
-check-training:
-	test -x .tools/checks/bin/python || python3 -m venv .tools/checks
-	test -x .tools/checks/bin/kubernetes-validate || .tools/checks/bin/pip install -q numpy==2.4.6 kubernetes-validate==1.37.0
-	.tools/checks/bin/python -m unittest discover -s training/tests
+## check-training: the training code (training/tests): forecast accuracy against the official M5
+## figures, and one epoch of each recommender trained, exported and checked step vs full through
+## onnxruntime; in the locked training environment. Also installs kubernetes-validate into
+## .tools/checks for tests/operations.rs
+check-training: training-env
+	test -x .tools/checks/bin/kubernetes-validate || (python3 -m venv .tools/checks && .tools/checks/bin/pip install -q kubernetes-validate==1.37.0)
+	LONGMEM_REQUIRE_TORCH=1 .tools/venv/bin/python -m unittest discover -s training/tests
+
+## training-env: .tools/venv with exactly training/requirements.lock (hashes checked); reinstalled
+## when the lock changes
+training-env: .tools/venv/.installed
+.tools/venv/.installed: training/requirements.lock
+	test -x .tools/venv/bin/python || python3 -m venv .tools/venv
+	.tools/venv/bin/pip install -q --require-hashes -r training/requirements.lock
+	touch $@
 
 lint:
 	cargo fmt --check
@@ -44,7 +53,5 @@ tools:
 	@bash scripts/fetch-tools.sh >/dev/null
 
 ## models: retrain every recommender from ../shared/data on CPU (installs PyTorch into .tools/venv)
-models:
-	python3 -m venv .tools/venv
-	.tools/venv/bin/pip install -q -r training/requirements.txt
+models: training-env
 	bash training/reproduce.sh

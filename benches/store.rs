@@ -33,7 +33,7 @@ fn main() {
         .unwrap_or(100_000);
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/seqrec/recbole_ml100k");
-    let items: Vec<String> = longmem::tools::demo::movielens_events(&data)
+    let items: Vec<String> = longmem::tools::datasets::movielens_events(&data)
         .expect("MovieLens-100k from ../shared/data")
         .into_iter()
         .map(|e| e.item_id)

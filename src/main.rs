@@ -28,12 +28,14 @@ struct Cli {
 enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
     Run {
+        /// The config file (TOML; `LONGMEM__SECTION__KEY` environment variables override it).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Validate a config file (with LONGMEM__ environment overrides) and print the effective config.
     /// With the model's and forecaster's manifests and graph files and the ONNX Runtime library.
     CheckConfig {
+        /// The config file to check.
         file: PathBuf,
         /// Check the file and its overrides only, not the files it names (for a config meant for
         /// another machine, such as config/production.toml on a workstation).
@@ -42,6 +44,7 @@ enum Command {
     },
     /// Print what the store remembers (stop the daemon first: the store is locked while it runs).
     Inspect {
+        /// The config file of the daemon whose store to read.
         #[arg(long, short, default_value = "config/default.toml")]
         config: PathBuf,
         #[command(subcommand)]
@@ -72,22 +75,25 @@ enum Command {
 #[derive(Subcommand)]
 enum SimulateWhat {
     /// SupplyGraph demand, replenishment orders, SCMS delivery delays; stockouts as ground truth.
-    SupplyChain(longmem::tools::evaluate::SimulateCommand),
+    SupplyChain(longmem::tools::simulate::SimulateCommand),
 }
 
 #[cfg(feature = "tools")]
 #[derive(Subcommand)]
 enum EvaluateWhat {
     /// Inventory alerts against the simulation's stockouts, next to the reorder-point rule.
-    SupplyChain(longmem::tools::evaluate::EvaluateArgs),
+    SupplyChain(longmem::tools::evaluate::supply_chain::EvaluateArgs),
     /// HR@10 / NDCG@10 of the live recommendations on MovieLens-100k, next to the model card's.
-    Recommendations(longmem::tools::stream_eval::RecommendationEvalArgs),
+    Recommendations(longmem::tools::evaluate::recommendations::RecommendationEvalArgs),
 }
 
 #[derive(Subcommand)]
 enum InspectWhat {
     /// A user's stored memory, as JSON.
-    User { id: String },
+    User {
+        /// The user's id, as in the events' `user_id`.
+        id: String,
+    },
 }
 
 fn main() {
@@ -171,15 +177,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "tools")]
         Command::Simulate {
             what: SimulateWhat::SupplyChain(args),
-        } => longmem::tools::evaluate::run_simulate(args),
+        } => longmem::tools::simulate::run(args),
         #[cfg(feature = "tools")]
         Command::Evaluate {
             what: EvaluateWhat::SupplyChain(args),
-        } => longmem::tools::evaluate::run_evaluate(args),
+        } => longmem::tools::evaluate::supply_chain::run(args),
         #[cfg(feature = "tools")]
         Command::Evaluate {
             what: EvaluateWhat::Recommendations(args),
-        } => longmem::tools::stream_eval::run(args),
+        } => longmem::tools::evaluate::recommendations::run(args),
     }
 }
 
@@ -233,4 +239,38 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
         }
         result.map_err(anyhow::Error::from)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `longmem help` is the reference an operator reads first: nothing in it goes unexplained.
+    #[test]
+    fn every_subcommand_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cli, "longmem", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }

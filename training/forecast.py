@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from longmem_train.accuracy import rmsse, wrmsse                        # noqa: E402
 from longmem_train.data import _sha256                                 # noqa: E402
 from longmem_train.export import session, share_weights, us_per_row    # noqa: E402
+from longmem_train.provenance import environment                      # noqa: E402
 from longmem_train.forecaster import (DemandLSTM, ForecastFullGraph,   # noqa: E402
                                       ForecastStepGraph, calibrate, forecast_loss)
 
@@ -213,7 +214,8 @@ def main():
                      "note": "quantiles of the cumulative demand over the next 1..horizon days"}],
         "step": {"model_file": "step.onnx", "inputs": ["demand", "day_of_week"], "state": state_spec,
                  "outputs": ["mean", "quantiles"]},
-        "training": {"data": args.data, "data_sha256": digest, "script": "training/forecast.py", "args": vars(args)},
+        "training": {"data": args.data, "data_sha256": digest, "script": "training/forecast.py", "args": vars(args),
+                     "environment": environment()},
     }
     with open(os.path.join(args.out, "model.json"), "w") as f:
         json.dump(manifest, f, indent=2); f.write("\n")

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from longmem_train import data as D                                  # noqa: E402
 from longmem_train.evaluate import evaluate, popularity_scorer       # noqa: E402
 from longmem_train.export import cost_per_event, export, parity, prefill_parity, session  # noqa: E402
+from longmem_train.provenance import environment                   # noqa: E402
 from longmem_train.models import RECOMMENDERS, sampled_softmax_loss  # noqa: E402
 
 
@@ -159,7 +160,8 @@ def main():
         "step": {"model_file": "step.onnx", "item_input": "item", "history": step_history, "state": state_spec,
                  "outputs": ["top_items", "top_scores"],
                  **({"prefill": {"model_file": "prefill.onnx", "input": "item_seq"}} if hasattr(model, "prefill") else {})},
-        "training": {"data": args.data, "data_sha256": ds.sha256, "script": "training/train.py", "args": vars(args)},
+        "training": {"data": args.data, "data_sha256": ds.sha256, "script": "training/train.py", "args": vars(args),
+                     "environment": environment()},
     }
     with open(os.path.join(args.out, "model.json"), "w") as f:
         json.dump(manifest, f, indent=2); f.write("\n")

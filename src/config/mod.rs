@@ -347,6 +347,51 @@ fn default_true() -> bool {
     true
 }
 
+/// The keys of the config whose values are paths.
+const PATH_KEYS: [(&str, &str); 4] = [
+    ("store", "path"),
+    ("model", "path"),
+    ("model", "runtime_library"),
+    ("supply", "forecaster"),
+];
+
+/// Makes each relative path in `tree` relative to `folder` instead (`folder/../x` becomes `x`).
+fn resolve_paths_from(tree: &mut toml::Table, folder: &Path) {
+    for (section, key) in PATH_KEYS {
+        let Some(toml::Value::String(value)) = tree
+            .get_mut(section)
+            .and_then(|s| s.as_table_mut())
+            .and_then(|s| s.get_mut(key))
+        else {
+            continue;
+        };
+        let path = Path::new(value.as_str());
+        if path.is_relative() {
+            *value = normalize(&folder.join(path)).display().to_string();
+        }
+    }
+}
+
+/// Removes `.` and each `name/..` pair without touching the filesystem.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
+    }
+}
+
 impl Config {
     /// Reads `path`, applies the process environment's overrides and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -357,7 +402,10 @@ impl Config {
         Config::from_toml(&text, path, std::env::vars())
     }
 
-    /// Parses TOML text, applies `LONGMEM__` overrides from `env` and validates.
+    /// Parses TOML text, applies `LONGMEM__` overrides from `env` and validates. Relative paths
+    /// written in the file resolve against the file's folder (as Prometheus and systemd read
+    /// theirs), so a config works from any working directory; paths from the environment and the
+    /// built-in defaults stay relative to the working directory.
     pub fn from_toml(
         text: &str,
         path: &Path,
@@ -369,6 +417,7 @@ impl Config {
                     path: path.to_path_buf(),
                     message: e.to_string(),
                 })?;
+        resolve_paths_from(&mut tree, path.parent().unwrap_or(Path::new("")));
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
@@ -422,6 +471,29 @@ path = "models/sasrec-ml100k"
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         Config::from_toml(text, Path::new("test.toml"), env)
+    }
+
+    #[test]
+    fn paths_in_the_file_are_relative_to_the_file() {
+        let text = format!("{MINIMAL}runtime_library = \"/opt/ort/libonnxruntime.so\"\n[supply]\nforecaster = \"../models/f\"\n");
+        let env = [("LONGMEM__MODEL__PATH".to_string(), "here/m".to_string())];
+        let c = Config::from_toml(&text, Path::new("/etc/longmem/conf.toml"), env).unwrap();
+        assert_eq!(c.store.path, Path::new("/etc/longmem/var/store"));
+        assert_eq!(c.supply.forecaster, Path::new("/etc/models/f"));
+        // Absolute paths stay; the environment's are the operator's, relative to where they run.
+        assert_eq!(
+            c.model.runtime_library.as_deref(),
+            Some(Path::new("/opt/ort/libonnxruntime.so"))
+        );
+        assert_eq!(c.model.path, Path::new("here/m"));
+        // A file named without a folder: paths stay as written.
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.store.path, Path::new("var/store"));
+        assert_eq!(
+            normalize(Path::new("config/../models/./a")),
+            Path::new("models/a")
+        );
+        assert_eq!(normalize(Path::new("../../a")), Path::new("../../a"));
     }
 
     #[test]

@@ -178,7 +178,9 @@ pub enum SupplyEvent {
     },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Serialises as the document it was decoded from (the tools write their streams with it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum Event {
     User(UserEvent),
     Supply(SupplyEvent),

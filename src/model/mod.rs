@@ -667,7 +667,7 @@ mod tests {
     #[test]
     #[cfg(feature = "tools")] // the MovieLens reader lives with the tools
     fn step_matches_full_on_real_histories() {
-        let events = crate::tools::demo::movielens_events(
+        let events = crate::tools::datasets::movielens_events(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/seqrec/recbole_ml100k"),
         )
         .unwrap();

@@ -175,7 +175,7 @@ impl SupplyStage {
             duplicate_demand: 0,
         };
         let levels = self.forecaster.manifest.quantiles.clone();
-        let judge = Judge {
+        let assessor = RiskAssessor {
             config: &self.config,
             levels: &levels,
             policy: RiskPolicy {
@@ -210,7 +210,7 @@ impl SupplyStage {
                     }
                     let closed = closing_count(&self.config, memory, &event);
                     if closed.is_empty() {
-                        judge.read_risk(memory, &lane.key, i, &event, &mut outcome.alerts);
+                        assessor.assess(memory, &lane.key, i, &event, &mut outcome.alerts);
                     } else {
                         // Read the risk once the forecaster has taken in the day it closed.
                         lane.days.extend(closed);
@@ -260,7 +260,7 @@ impl SupplyStage {
                 let lane = &mut lanes[l];
                 if lane.days.is_empty() {
                     if let Some((i, event)) = lane.reassess.take() {
-                        judge.read_risk(memory, &lane.key, i, &event, &mut outcome.alerts);
+                        assessor.assess(memory, &lane.key, i, &event, &mut outcome.alerts);
                     }
                 }
             }
@@ -287,7 +287,7 @@ fn closing_count(c: &SupplyConfig, memory: &mut SkuMemory, event: &SupplyEvent) 
 }
 
 /// Reads the risk after an event and runs the alert lifecycle on it.
-struct Judge<'a> {
+struct RiskAssessor<'a> {
     config: &'a SupplyConfig,
     levels: &'a [f64],
     policy: RiskPolicy,
@@ -296,9 +296,9 @@ struct Judge<'a> {
     emitted_at_ms: i64,
 }
 
-impl Judge<'_> {
+impl RiskAssessor<'_> {
     /// Assesses `memory` after `event` (message `i` of the batch) and adds the alerts it raises.
-    fn read_risk(
+    fn assess(
         &self,
         memory: &mut SkuMemory,
         key: &(String, String),

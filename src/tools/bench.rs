@@ -18,7 +18,7 @@
 //! throughput from the JSON (`make bench` does both).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +35,10 @@ use crate::model::Model;
 use crate::shutdown::Shutdown;
 use crate::sink::{Output, Sink};
 use crate::source::Source;
-use crate::tools::demo::{self, InProcessDaemon};
+use crate::tools::datasets;
+use crate::tools::harness::{
+    create_topics, harness_fetch_wait, produce_all, producer, Broker, InProcessDaemon, Partitions,
+};
 use crate::tools::simulate::Rng;
 
 #[derive(Debug, clap::Args)]
@@ -120,48 +123,6 @@ pub struct Report {
     pub runs: Vec<ModelRun>,
 }
 
-/// A broker process this run started; stopped when dropped.
-struct OwnBroker(Child);
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_tansu() -> anyhow::Result<(OwnBroker, String)> {
-    let binary = std::env::var_os("LONGMEM_TANSU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".tools/bin/tansu"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(&binary)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start the tansu broker at {}; run `bash scripts/fetch-tools.sh`, set LONGMEM_TANSU, or pass --brokers",
-                binary.display()
-            )
-        })?;
-    let broker = OwnBroker(child);
-    let bootstrap = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&bootstrap).is_err() {
-        if Instant::now() > deadline {
-            bail!("tansu did not open {bootstrap} within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((broker, bootstrap))
-}
-
 /// Users and items with MovieLens-100k's activity and popularity; deterministic.
 pub struct Workload {
     pub events: Vec<(String, Vec<u8>)>,
@@ -175,7 +136,7 @@ fn draw(cumulative: &[u64], rng: &mut Rng) -> usize {
 
 impl Workload {
     pub fn from_movielens(data: &Path, events: usize, users: usize) -> anyhow::Result<Workload> {
-        let ratings = demo::movielens_events(data)?;
+        let ratings = datasets::movielens_events(data)?;
         let mut item_count: std::collections::HashMap<&str, u64> = Default::default();
         let mut user_count: std::collections::HashMap<&str, u64> = Default::default();
         for r in &ratings {
@@ -208,15 +169,12 @@ impl Workload {
                 let user = format!("bench-user-{}", draw(&user_cum, &mut rng));
                 let item = items[draw(&item_cum, &mut rng)].0;
                 let kind = if rng.below(4) == 0 {
-                    "purchase"
+                    EventType::Purchase
                 } else {
-                    "click"
+                    EventType::Click
                 };
-                let payload =
-                    serde_json::json!({"event_type": kind, "user_id": user, "item_id": item,
-                    "timestamp_ms": now - 60_000 + (i as i64 % 60_000)})
-                    .to_string()
-                    .into_bytes();
+                let event = UserEvent::new(kind, &user, item, now - 60_000 + (i as i64 % 60_000));
+                let payload = serde_json::to_vec(&event).expect("a UserEvent always serialises");
                 (user, payload)
             })
             .collect();
@@ -295,7 +253,14 @@ fn fresh_topics(base: &Config, bootstrap: &str, label: &str) -> anyhow::Result<C
     config.kafka.bootstrap_servers = bootstrap.to_string();
     config.kafka.group_id = format!("longmem-{run}");
     config.supply.enabled = false;
-    demo::create_topics(bootstrap, &config)?;
+    // The benchmark's own layout: 8 input partitions, as many as a production input topic.
+    let partitions = Partitions {
+        input: 8,
+        recommendations: 8,
+        alerts: 1,
+        dead_letter: 1,
+    };
+    create_topics(bootstrap, &config, partitions)?;
     Ok(config)
 }
 
@@ -325,11 +290,11 @@ fn wait_processed(
 /// (a) The daemon's own consumer and producer, copying each message to an output topic.
 fn passthrough(base: &Config, bootstrap: &str, workload: &Workload) -> anyhow::Result<f64> {
     let config = fresh_topics(base, bootstrap, "passthrough")?;
-    let producer = demo::producer(bootstrap)?;
+    let producer = producer(bootstrap)?;
     let n = workload.events.len();
     let b = bar(n as u64, "passthrough: preload".into());
     let topic = &config.topics.input[0];
-    demo::produce_all(
+    produce_all(
         &producer,
         topic,
         workload.messages(0, n),
@@ -438,17 +403,7 @@ fn store_ceiling(
                     v.insert(store.user(user)?.unwrap_or_default())
                 }
             };
-            let v: serde_json::Value = serde_json::from_slice(payload)?;
-            let event = UserEvent {
-                event_type: EventType::Click,
-                user_id: user.clone(),
-                item_id: v["item_id"].as_str().unwrap_or_default().to_string(),
-                timestamp_ms: v["timestamp_ms"].as_i64().unwrap_or(0),
-                quantity: None,
-                price: None,
-                location: None,
-                session_id: None,
-            };
+            let event: UserEvent = serde_json::from_slice(payload)?;
             memory.apply(&event, history_len);
             memory.model_state = (state_floats > 0).then(|| ModelState {
                 owner: "bench@1".into(),
@@ -492,11 +447,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (_own, bootstrap) = match &args.brokers {
         Some(b) => (None, b.clone()),
         None => {
-            let (child, b) = start_tansu()?;
+            let broker = Broker::tansu()?;
             // tansu holds each fetch for this long; much shorter and it answers a deep backlog
             // with nothing at all (issue 17).
-            crate::tools::demo::harness_fetch_wait(&mut base, 100);
-            (Some(child), b)
+            harness_fetch_wait(&mut base, 100);
+            let bootstrap = broker.bootstrap.clone();
+            (Some(broker), bootstrap)
         }
     };
     let workload = Workload::from_movielens(&args.data, args.events, args.users)?;
@@ -585,10 +541,10 @@ fn measure(
     )
     .to_lowercase();
     let n = workload.events.len();
-    let producer = demo::producer(bootstrap)?;
+    let producer = producer(bootstrap)?;
     let topic = config.topics.input[0].clone();
     let b = bar(n as u64, format!("{label}: preload"));
-    demo::produce_all(
+    produce_all(
         &producer,
         &topic,
         workload.messages(0, n),
@@ -632,7 +588,7 @@ fn measure(
             );
             let started = Instant::now();
             let events = workload.messages(cursor, count);
-            demo::produce_all(&producer, &topic, events, rate, &b, "benchmark event")?;
+            produce_all(&producer, &topic, events, rate, &b, "benchmark event")?;
             cursor += count;
             wait_processed(&daemon, before + count as u64, &b, Duration::from_secs(300))?;
             let sustained = count as f64 / started.elapsed().as_secs_f64();

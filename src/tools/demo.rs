@@ -4,29 +4,24 @@
 //! per-partition retention drops nothing) unless `--brokers` names a real one, streams MovieLens-100k
 //! into the input topic in timestamp order, runs the pipeline on it and prints a summary. Everything
 //! it starts stops before it returns.
-//!
-//! The MovieLens → commerce mapping lives here and only here: a rating ≥ 4 is a `purchase`, any other
-//! rating a `click`; user and item ids are MovieLens's; the event time is the rating's timestamp.
+//! How a MovieLens rating becomes an event: [`crate::tools::datasets`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientConfig, Message};
 
 use crate::config::Config;
 use crate::event::Recommendation;
-use crate::metrics::{self, Health};
-use crate::pipeline::{self, RunStats};
-use crate::shutdown::Shutdown;
+use crate::pipeline::RunStats;
+use crate::tools::datasets::{movielens_events, movielens_titles, ReplayEvent};
+use crate::tools::harness::{
+    produce_all, producer, read_topic, Broker, InProcessDaemon, Partitions,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -55,73 +50,6 @@ pub struct DemoArgs {
     pub samples: usize,
 }
 
-/// One MovieLens rating as a longmem event.
-pub struct ReplayEvent {
-    pub user_id: String,
-    pub item_id: String,
-    pub timestamp_ms: i64,
-    pub purchase: bool,
-}
-
-impl ReplayEvent {
-    pub fn to_json(&self) -> String {
-        let kind = if self.purchase { "purchase" } else { "click" };
-        serde_json::json!({
-            "event_type": kind,
-            "user_id": self.user_id,
-            "item_id": self.item_id,
-            "timestamp_ms": self.timestamp_ms,
-        })
-        .to_string()
-    }
-}
-
-/// Ratings from `ml-100k.inter`, ordered by timestamp (ties in file order).
-pub fn movielens_events(dir: &Path) -> anyhow::Result<Vec<ReplayEvent>> {
-    let path = dir.join("ml-100k.inter");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {}; the demo needs MovieLens-100k from ../shared/data (pass --data DIR)",
-            path.display()
-        )
-    })?;
-    let mut events = Vec::new();
-    for (n, line) in text.lines().enumerate().skip(1) {
-        let f: Vec<&str> = line.split('\t').collect();
-        let parsed = (f.len() == 4)
-            .then(|| Some((f[2].parse::<f64>().ok()?, f[3].parse::<f64>().ok()?)))
-            .flatten();
-        let Some((rating, ts)) = parsed else {
-            bail!(
-                "{}:{}: expected `user item rating timestamp`",
-                path.display(),
-                n + 1
-            );
-        };
-        events.push(ReplayEvent {
-            user_id: f[0].to_string(),
-            item_id: f[1].to_string(),
-            timestamp_ms: (ts * 1000.0) as i64,
-            purchase: rating >= 4.0,
-        });
-    }
-    events.sort_by_key(|e| e.timestamp_ms);
-    Ok(events)
-}
-
-fn movielens_titles(dir: &Path) -> HashMap<String, String> {
-    let Ok(text) = std::fs::read_to_string(dir.join("ml-100k.item")) else {
-        return HashMap::new();
-    };
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f.len() >= 3).then(|| (f[0].to_string(), format!("{} ({})", f[1], f[2])))
-        })
-        .collect()
-}
-
 /// Broken messages of several kinds, keyed so each lands on a real partition.
 fn bad_messages(n: usize, sample: &ReplayEvent) -> Vec<(Option<String>, Vec<u8>)> {
     let good = sample.to_json();
@@ -145,80 +73,6 @@ fn bad_messages(n: usize, sample: &ReplayEvent) -> Vec<(Option<String>, Vec<u8>)
     ];
     (0..n).map(|i| kinds[i % kinds.len()].clone()).collect()
 }
-
-struct Broker {
-    bootstrap: String,
-    _mock: Option<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
-}
-
-fn start_broker(args: &DemoArgs, config: &Config) -> anyhow::Result<Broker> {
-    if let Some(b) = &args.brokers {
-        create_topics(b, config)?;
-        return Ok(Broker {
-            bootstrap: b.clone(),
-            _mock: None,
-        });
-    }
-    let mock = MockCluster::new(1).context("cannot start the embedded Kafka mock cluster")?;
-    // The mock keeps ≤ 100k messages or 5 MiB per partition: spread 100k events (and their outputs) wide.
-    for t in &config.topics.input {
-        mock.create_topic(t, 8, 1)?;
-    }
-    mock.create_topic(&config.topics.recommendations, 32, 1)?;
-    mock.create_topic(&config.topics.dead_letter, 4, 1)?;
-    mock.create_topic(&config.topics.alerts, 4, 1)?;
-    Ok(Broker {
-        bootstrap: mock.bootstrap_servers(),
-        _mock: Some(mock),
-    })
-}
-
-/// Creates the demo's topics on a real broker; topics that already exist are kept as they are.
-pub(crate) fn create_topics(bootstrap: &str, config: &Config) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let mut topics = vec![
-        NewTopic::new(
-            &config.topics.recommendations,
-            8,
-            TopicReplication::Fixed(1),
-        ),
-        NewTopic::new(&config.topics.dead_letter, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&config.topics.alerts, 1, TopicReplication::Fixed(1)),
-    ];
-    for t in &config.topics.input {
-        topics.push(NewTopic::new(t, 8, TopicReplication::Fixed(1)));
-    }
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = futures::executor::block_on(admin.create_topics(&topics, &options))
-        .with_context(|| format!("cannot create the demo topics on {bootstrap}"))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, e)) => bail!("cannot create topic {topic} on {bootstrap}: {e}"),
-        }
-    }
-    Ok(())
-}
-
-/// The harness brokers (rdkafka's embedded mock cluster, tansu) hold a fetch for its whole
-/// `fetch.wait.max.ms` even when data arrives meanwhile, where a Kafka broker answers at once; with
-/// the daemon's 500 ms default the tools would measure that wait instead of the daemon. Unless the
-/// config sets it, their runs use `ms` (docs/performance.md, "Broker settings of the tools").
-pub fn harness_fetch_wait(config: &mut Config, ms: u32) {
-    config
-        .kafka
-        .consumer
-        .entry("fetch.wait.max.ms".to_string())
-        .or_insert_with(|| ms.to_string());
-}
-
-/// The mock cluster reads any offset straight from memory, so a short wait never starves a fetch.
-pub const MOCK_FETCH_WAIT_MS: u32 = 10;
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
@@ -251,10 +105,15 @@ pub fn replay_movielens(args: &DemoArgs, mut config: Config) -> anyhow::Result<R
         let run = format!("demo-{}", crate::pipeline::now_ms() / 1000);
         config.topics.suffix_with(&run);
     }
-    let broker = start_broker(args, &config)?;
-    if args.brokers.is_none() {
-        harness_fetch_wait(&mut config, MOCK_FETCH_WAIT_MS);
-    }
+    // The mock keeps ≤ 100k messages or 5 MiB per partition: spread 100k events (and their
+    // outputs) wide.
+    let partitions = Partitions {
+        input: 8,
+        recommendations: 32,
+        alerts: 4,
+        dead_letter: 4,
+    };
+    let broker = Broker::start(args.brokers.as_deref(), &mut config, partitions)?;
     let store_dir = tempfile::Builder::new().prefix("longmem-demo-").tempdir()?;
     config.kafka.bootstrap_servers = broker.bootstrap.clone();
     config.kafka.group_id = format!("longmem-demo-{}", std::process::id());
@@ -268,11 +127,7 @@ pub fn replay_movielens(args: &DemoArgs, mut config: Config) -> anyhow::Result<R
         } else {
             format!("{} events/s", args.rate)
         },
-        if args.brokers.is_some() {
-            broker.bootstrap.as_str()
-        } else {
-            "the embedded broker"
-        },
+        broker.name(),
         config.model.path.display(),
     );
     let daemon = InProcessDaemon::start(&config)?;
@@ -291,65 +146,6 @@ pub fn replay_movielens(args: &DemoArgs, mut config: Config) -> anyhow::Result<R
         produced,
         elapsed,
     })
-}
-
-/// The daemon's pipeline on a thread of this process, for the commands that feed it a stream of
-/// their own (`demo`, `evaluate supply-chain`).
-pub struct InProcessDaemon {
-    pub health: Arc<Health>,
-    pub stats: Arc<RunStats>,
-    stop: Shutdown,
-    thread: std::thread::JoinHandle<Result<(), pipeline::PipelineError>>,
-}
-
-impl InProcessDaemon {
-    pub fn start(config: &Config) -> anyhow::Result<InProcessDaemon> {
-        metrics::install();
-        let health = Arc::new(Health::default());
-        let stop = Shutdown::new();
-        let stats = Arc::new(RunStats::default());
-        let thread = {
-            let (config, health, stop, stats) =
-                (config.clone(), health.clone(), stop.clone(), stats.clone());
-            std::thread::Builder::new()
-                .name("pipeline".into())
-                .spawn(move || pipeline::run(&config, health, stop, stats))?
-        };
-        Ok(InProcessDaemon {
-            health,
-            stats,
-            stop,
-            thread,
-        })
-    }
-
-    /// Waits until partitions are assigned (at most a minute); fails if the pipeline stops first.
-    pub fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.health.is_ready() {
-            if self.is_finished() || self.health.failed.load(Ordering::Relaxed) {
-                bail!("the daemon stopped during start-up (see the error above)");
-            }
-            if Instant::now() > deadline {
-                bail!("the daemon was not ready after 60 s (no partitions assigned)");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    /// Whether the pipeline has stopped (it only does on its own after an error).
-    pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
-    }
-
-    /// Stops the pipeline after its batch in hand; returns how it ended.
-    pub fn stop(self) -> anyhow::Result<Result<(), pipeline::PipelineError>> {
-        self.stop.trigger();
-        self.thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))
-    }
 }
 
 /// Waits for the daemon to be ready, streams the events, waits until all are processed.
@@ -417,147 +213,6 @@ fn drive(
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     Ok((total, elapsed))
-}
-
-/// The producer the commands that feed a stream of their own use (not the daemon's: [`crate::sink`]).
-pub(crate) fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .set("queue.buffering.max.messages", "500000")
-        .create()?)
-}
-
-/// Produces `messages` (key, payload) to `topic`, at `rate` per second (0: as fast as possible), and
-/// waits until the broker acknowledged every one; `what` names them in errors. Returns how many.
-pub(crate) fn produce_all<K: AsRef<[u8]>, P: AsRef<[u8]>>(
-    producer: &FutureProducer,
-    topic: &str,
-    messages: impl Iterator<Item = (Option<K>, P)>,
-    rate: f64,
-    bar: &ProgressBar,
-    what: &str,
-) -> anyhow::Result<usize> {
-    let started = Instant::now();
-    let mut pending = Vec::new();
-    for (i, (key, payload)) in messages.enumerate() {
-        if rate > 0.0 {
-            let due = Duration::from_secs_f64(i as f64 / rate);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        let key = key.as_ref().map(|k| k.as_ref());
-        pending.push(send(producer, topic, key, payload.as_ref(), what)?);
-        if i % 1000 == 0 {
-            bar.set_position(i as u64);
-        }
-    }
-    let n = pending.len();
-    wait_delivered(producer, pending, what)?;
-    Ok(n)
-}
-
-/// Queues one message, waiting while the producer's local queue is full.
-pub(crate) fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    key: Option<&[u8]>,
-    payload: &[u8],
-    what: &str,
-) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
-    if let Some(k) = key {
-        record = record.key(k);
-    }
-    loop {
-        match producer.send_result(record) {
-            Ok(d) => return Ok(d),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                r,
-            )) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err((e, _)) => bail!("producing a {what} failed: {e}"),
-        }
-    }
-}
-
-/// Waits until the broker acknowledged every delivery; the first failure is the error.
-pub(crate) fn wait_delivered(
-    producer: &FutureProducer,
-    pending: Vec<rdkafka::producer::DeliveryFuture>,
-    what: &str,
-) -> anyhow::Result<()> {
-    let _ = producer.flush(Duration::from_secs(60));
-    for d in futures::executor::block_on(futures::future::join_all(pending)) {
-        match d {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => bail!("producing a {what} failed: {e}"),
-            Err(_) => bail!("producing a {what} was canceled"),
-        }
-    }
-    Ok(())
-}
-
-/// Reads a topic from the beginning to its end (the high watermarks when the read starts), all
-/// partitions, keeping the messages that decode as `T`.
-pub(crate) fn read_topic<T: serde::de::DeserializeOwned>(
-    bootstrap: &str,
-    topic: &str,
-) -> anyhow::Result<Vec<T>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "longmem-reader")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().len())
-        .unwrap_or(0) as i32;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for p in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        if high > low {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&tpl)?;
-    let mut recs = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Past the watermarks, read on until the topic is quiet for a second: some Kafka-compatible
-    // brokers report a high watermark that trails the last message.
-    let mut quiet_since = Instant::now();
-    while (!ends.is_empty() || quiet_since.elapsed() < Duration::from_secs(1))
-        && Instant::now() < deadline
-    {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                quiet_since = Instant::now();
-                if let Some(r) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
-                    recs.push(r);
-                }
-                if ends
-                    .get(&m.partition())
-                    .is_some_and(|&end| m.offset() + 1 >= end)
-                {
-                    ends.remove(&m.partition());
-                }
-            }
-            Some(Err(e)) => bail!("reading {topic} back failed: {e}"),
-            None => {}
-        }
-    }
-    Ok(recs)
 }
 
 fn print_summary(args: &DemoArgs, replay: &Replay, titles: &HashMap<String, String>) {

@@ -23,17 +23,22 @@
 //!
 //! Everything is a pure function of the data and the seed.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use serde::Serialize;
-use serde_json::json;
-
+use crate::event::{Direction, Event, EventType, ShipmentStatus, SupplyEvent, UserEvent};
 use crate::supply::DAY_MS;
+use crate::tools::datasets::{self, ScmsHistory, SupplyGraph};
+use crate::tools::harness::{self, progress};
+use anyhow::Context;
+use rdkafka::producer::FutureProducer;
+use serde::Serialize;
 
 /// 2023-01-01T00:00:00Z, SupplyGraph's first day.
 pub const START_MS: i64 = 1_672_531_200_000;
+/// SCMS's purchase orders take months (international freight of medicines); SupplyGraph's plants
+/// deliver within days. Lead times are drawn from SCMS's distribution scaled so its median becomes
+/// this many days: the real shape (spread, long tail) at a daily scale.
+const LEAD_TIME_MEDIAN_DAYS: f64 = 6.5;
 /// The UTC hour of each position's end-of-day stock count, after the day's last sale.
 pub const COUNT_HOUR: u32 = 20;
 
@@ -43,8 +48,18 @@ pub struct SimEvent {
     pub day: usize,
     pub timestamp_ms: i64,
     pub key: String,
-    pub payload: String,
-    pub is_purchase: bool,
+    pub event: Event,
+}
+
+impl SimEvent {
+    pub fn is_purchase(&self) -> bool {
+        self.event.event_type() == EventType::Purchase
+    }
+
+    /// The message value, serialised from the event type the daemon decodes into.
+    pub fn payload(&self) -> String {
+        serde_json::to_string(&self.event).expect("an Event always serialises")
+    }
 }
 
 /// A stretch of days from a SKU × location's first lost sale until it has stock again; `last_day`
@@ -76,6 +91,104 @@ pub struct Simulation {
     pub days: usize,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Random seed: the same seed gives the same stream.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// SKU × location positions to simulate (at most SupplyGraph's products × 3 locations).
+    #[arg(long, default_value_t = 60)]
+    pub positions: usize,
+    /// SupplyGraph's `homogeneous/` folder.
+    #[arg(long, default_value = "../shared/data/supply/supplygraph/homogeneous")]
+    pub supplygraph: PathBuf,
+    /// The SCMS delivery history (PO, scheduled and delivered dates: lead times and delays).
+    #[arg(
+        long,
+        default_value = "../shared/data/supply/scms_delivery_history/SCMS_Delivery_History_Dataset.csv"
+    )]
+    pub scms: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateCommand {
+    #[command(flatten)]
+    pub sim: SimulateArgs,
+    /// Directory for `events.jsonl` (one `{"key", "value"}` per line, in time order) and
+    /// `ground_truth.json` (the stockouts and each position's policy).
+    #[arg(long, default_value = "var/simulation")]
+    pub out: PathBuf,
+    /// Also produce the events to this topic on `--brokers`, in time order.
+    #[arg(long, requires = "brokers")]
+    pub topic: Option<String>,
+    /// The Kafka to produce to with `--topic` (host:port,...).
+    #[arg(long)]
+    pub brokers: Option<String>,
+}
+
+pub fn load_simulation(args: &SimulateArgs) -> anyhow::Result<Simulation> {
+    let graph = datasets::load_supplygraph(&args.supplygraph)?;
+    let scms = datasets::load_scms(&args.scms)?;
+    Ok(simulate(&graph, &scms, args.seed, args.positions))
+}
+
+pub fn run(cmd: SimulateCommand) -> anyhow::Result<()> {
+    let sim = load_simulation(&cmd.sim)?;
+    std::fs::create_dir_all(&cmd.out)
+        .with_context(|| format!("cannot create {}", cmd.out.display()))?;
+    let bar = progress(sim.events.len() as u64, "writing");
+    let mut lines = String::new();
+    for (i, e) in sim.events.iter().enumerate() {
+        lines.push_str(&serde_json::json!({"key": e.key, "value": e.event}).to_string());
+        lines.push('\n');
+        if i % 1000 == 0 {
+            bar.set_position(i as u64);
+        }
+    }
+    std::fs::write(cmd.out.join("events.jsonl"), lines)?;
+    let truth = serde_json::json!({"seed": cmd.sim.seed, "days": sim.days, "stockouts": sim.stockouts, "positions": sim.positions});
+    std::fs::write(
+        cmd.out.join("ground_truth.json"),
+        serde_json::to_string_pretty(&truth)?,
+    )?;
+    if let (Some(brokers), Some(topic)) = (&cmd.brokers, &cmd.topic) {
+        let producer = harness::producer(brokers)?;
+        let mut pending = Vec::new();
+        for (i, e) in sim.events.iter().enumerate() {
+            pending.push(send(&producer, topic, e)?);
+            if i % 1000 == 0 {
+                bar.set_position(i as u64);
+            }
+        }
+        harness::wait_delivered(&producer, pending, "simulated event")?;
+    }
+    bar.finish_and_clear();
+    println!(
+        "simulated {} positions over {} days: {} events, {} stockouts → {}",
+        sim.positions.len(),
+        sim.days,
+        sim.events.len(),
+        sim.stockouts.len(),
+        cmd.out.display()
+    );
+    Ok(())
+}
+
+/// Queues one simulated event for `topic` (keyed as the daemon expects).
+pub fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    e: &SimEvent,
+) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+    harness::send(
+        producer,
+        topic,
+        Some(e.key.as_bytes()),
+        e.payload().as_bytes(),
+        "simulated event",
+    )
+}
+
 /// A small deterministic generator (SplitMix64), so a seed means the same stream everywhere.
 pub struct Rng(u64);
 
@@ -102,140 +215,6 @@ impl Rng {
     }
 }
 
-/// SupplyGraph's products with their daily sales orders and their plant × storage locations.
-pub struct SupplyGraph {
-    pub products: Vec<String>,
-    /// demand[p][day], units (sales orders).
-    pub demand: Vec<Vec<f64>>,
-    /// production[p][day], units: what the plant makes, and so what replenishment can deliver.
-    pub production: Vec<Vec<f64>>,
-    pub locations: BTreeMap<String, Vec<String>>,
-}
-
-/// One of SupplyGraph's daily unit series: (product names, series[product][day]).
-fn load_series(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<f64>>)> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read {} (SupplyGraph's homogeneous/ folder expected)",
-            path.display()
-        )
-    })?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-    let products: Vec<String> = header[1..].iter().map(|s| s.trim().to_string()).collect();
-    let mut series = vec![Vec::new(); products.len()];
-    for line in lines.filter(|l| !l.trim().is_empty()) {
-        let cells: Vec<&str> = line.split(',').collect();
-        for (p, values) in series.iter_mut().enumerate() {
-            let v = cells.get(p + 1).map(|c| c.trim()).unwrap_or("");
-            values.push(if v.is_empty() {
-                0.0
-            } else {
-                v.parse::<f64>()
-                    .with_context(|| format!("{}: `{v}`", path.display()))?
-                    .max(0.0)
-            });
-        }
-    }
-    Ok((products, series))
-}
-
-pub fn load_supplygraph(dir: &Path) -> anyhow::Result<SupplyGraph> {
-    let (products, demand) = load_series(&dir.join("Temporal_Data/Unit/Sales_Order.csv"))?;
-    let production_path = dir.join("Temporal_Data/Unit/Production.csv");
-    let (made, production) = load_series(&production_path)?;
-    if made != products {
-        bail!(
-            "{}: its products differ from the sales orders'",
-            production_path.display()
-        );
-    }
-    let nodes = dir.join("Nodes/Nodes_Type_Plant_Storage.csv");
-    let text = std::fs::read_to_string(&nodes)
-        .with_context(|| format!("cannot read {}", nodes.display()))?;
-    let mut locations: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for line in text.lines().skip(1) {
-        let cells: Vec<&str> = line.split(',').collect();
-        if cells.len() < 3 {
-            continue;
-        }
-        let storage = cells[2].trim().trim_end_matches(".0");
-        let location = format!("plant-{}/sl-{}", cells[1].trim(), storage);
-        let list = locations.entry(cells[0].trim().to_string()).or_default();
-        if !list.contains(&location) {
-            list.push(location);
-        }
-    }
-    Ok(SupplyGraph {
-        products,
-        demand,
-        production,
-        locations,
-    })
-}
-
-/// Delivery delays in days from the SCMS history: delivered minus scheduled date, early = 0.
-/// What the simulator takes from the SCMS delivery history, in days.
-pub struct ScmsHistory {
-    /// Delivered minus scheduled date (early counts as on time), capped at 60.
-    pub delays: Vec<i64>,
-    /// Scheduled delivery minus PO sent to vendor, where both are known and positive.
-    pub lead_times: Vec<i64>,
-}
-
-/// SCMS's purchase orders take months (international freight of medicines); SupplyGraph's plants
-/// deliver within days. Lead times are drawn from SCMS's distribution scaled so its median becomes
-/// this many days: the real shape (spread, long tail) at a daily scale.
-const LEAD_TIME_MEDIAN_DAYS: f64 = 6.5;
-
-pub fn load_scms(path: &Path) -> anyhow::Result<ScmsHistory> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = String::from_utf8_lossy(&bytes).replace('\r', "\n");
-    let mut rows = csv_rows(&text);
-    let header = rows.next().context("SCMS file is empty")?;
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| h.trim_start_matches('\u{feff}') == name)
-    };
-    let (Some(po_sent), Some(scheduled), Some(delivered)) = (
-        col("PO Sent to Vendor Date"),
-        col("Scheduled Delivery Date"),
-        col("Delivered to Client Date"),
-    ) else {
-        bail!(
-            "{}: no `PO Sent to Vendor Date` / `Scheduled Delivery Date` / `Delivered to Client Date` columns",
-            path.display()
-        );
-    };
-    let mut history = ScmsHistory {
-        delays: Vec::new(),
-        lead_times: Vec::new(),
-    };
-    for row in rows {
-        let Some(s) = row.get(scheduled).and_then(|v| scms_day(v)) else {
-            continue;
-        };
-        if let Some(d) = row.get(delivered).and_then(|v| scms_day(v)) {
-            history.delays.push((d - s).clamp(0, 60));
-        }
-        if let Some(po) = row.get(po_sent).and_then(|v| us_day(v)) {
-            if s > po {
-                history.lead_times.push(s - po);
-            }
-        }
-    }
-    if history.delays.len() < 100 || history.lead_times.len() < 100 {
-        bail!(
-            "{}: only {} rows with both delivery dates and {} with a PO date before the scheduled one",
-            path.display(),
-            history.delays.len(),
-            history.lead_times.len()
-        );
-    }
-    Ok(history)
-}
-
 impl ScmsHistory {
     fn lead_time_median(&self) -> f64 {
         let mut sorted = self.lead_times.clone();
@@ -249,68 +228,6 @@ impl ScmsHistory {
         ((drawn * LEAD_TIME_MEDIAN_DAYS / median).round() as i64).clamp(2, 21)
     }
 }
-
-/// Days since 1970 of an SCMS date such as `11/13/06` (month/day/two-digit year).
-fn us_day(s: &str) -> Option<i64> {
-    let mut parts = s.trim().split('/');
-    let month: usize = parts.next()?.parse().ok()?;
-    let day = parts.next()?;
-    let year = parts.next()?;
-    let name = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .get(month.checked_sub(1)?)?;
-    scms_day(&format!("{day}-{name}-{year}"))
-}
-
-/// Days since 1970 of an SCMS date such as `2-Jun-06`.
-fn scms_day(s: &str) -> Option<i64> {
-    let mut parts = s.trim().split('-');
-    let day: i64 = parts.next()?.parse().ok()?;
-    let name = parts.next()?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == name)? as i64
-        + 1;
-    let year: i64 = 2000 + parts.next()?.parse::<i64>().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
-}
-
-/// A minimal CSV reader: commas, double-quoted fields with "" escapes.
-fn csv_rows(text: &str) -> impl Iterator<Item = Vec<String>> + '_ {
-    text.lines().filter(|l| !l.trim().is_empty()).map(|line| {
-        let mut fields = Vec::new();
-        let mut field = String::new();
-        let mut quoted = false;
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            match (c, quoted) {
-                ('"', true) if chars.peek() == Some(&'"') => {
-                    field.push('"');
-                    chars.next();
-                }
-                ('"', _) => quoted = !quoted,
-                (',', false) => fields.push(std::mem::take(&mut field)),
-                (c, _) => field.push(c),
-            }
-        }
-        fields.push(field);
-        fields
-    })
-}
-
 struct Order {
     id: String,
     quantity: i64,
@@ -384,17 +301,12 @@ pub fn simulate(
         for (day, &wanted_units) in demand.iter().enumerate() {
             let t0 = START_MS + day as i64 * DAY_MS;
             let mut day_events: Vec<SimEvent> = Vec::new();
-            let push = |list: &mut Vec<SimEvent>,
-                        ts: i64,
-                        key: &str,
-                        payload: serde_json::Value,
-                        is_purchase: bool| {
+            let push = |list: &mut Vec<SimEvent>, ts: i64, key: &str, event: Event| {
                 list.push(SimEvent {
                     day,
                     timestamp_ms: ts,
                     key: key.to_string(),
-                    payload: payload.to_string(),
-                    is_purchase,
+                    event,
                 });
             };
             // The plant's real production, this position's share of it, is what deliveries can carry.
@@ -412,9 +324,23 @@ pub fn simulate(
                     let quantity = o.quantity.min(made.floor() as i64);
                     made -= quantity as f64;
                     on_hand += quantity;
-                    push(&mut day_events, t0 + 7 * 3_600_000, &key, json!({"event_type": "shipment", "shipment_id": o.id, "sku": sku, "location": location,
-                        "quantity": quantity, "direction": "inbound", "status": "delivered",
-                        "expected_arrival_ms": START_MS + o.due_day as i64 * DAY_MS + 12 * 3_600_000, "timestamp_ms": t0 + 7 * 3_600_000}), false);
+                    push(
+                        &mut day_events,
+                        t0 + 7 * 3_600_000,
+                        &key,
+                        Event::Supply(SupplyEvent::Shipment {
+                            shipment_id: o.id.clone(),
+                            sku: sku.clone(),
+                            location: location.clone(),
+                            quantity,
+                            direction: Direction::Inbound,
+                            status: ShipmentStatus::Delivered,
+                            expected_arrival_ms: START_MS
+                                + o.due_day as i64 * DAY_MS
+                                + 12 * 3_600_000,
+                            timestamp_ms: t0 + 7 * 3_600_000,
+                        }),
+                    );
                     false
                 } else {
                     true
@@ -426,10 +352,16 @@ pub fn simulate(
                         &mut day_events,
                         t0 + 8 * 3_600_000,
                         &key,
-                        json!({"event_type": "supplier_delay", "supplier": format!("plant-supplier-{}", p % 7),
-                        "sku": sku, "location": location, "delay_hours": ((o.arrival_day - o.due_day) * 24) as f64,
-                        "new_expected_arrival_ms": START_MS + o.arrival_day as i64 * DAY_MS + 7 * 3_600_000, "timestamp_ms": t0 + 8 * 3_600_000}),
-                        false,
+                        Event::Supply(SupplyEvent::SupplierDelay {
+                            supplier: format!("plant-supplier-{}", p % 7),
+                            sku: sku.clone(),
+                            location: location.clone(),
+                            delay_hours: ((o.arrival_day - o.due_day) * 24) as f64,
+                            new_expected_arrival_ms: START_MS
+                                + o.arrival_day as i64 * DAY_MS
+                                + 7 * 3_600_000,
+                            timestamp_ms: t0 + 8 * 3_600_000,
+                        }),
                     );
                 }
             }
@@ -461,9 +393,11 @@ pub fn simulate(
                         &mut day_events,
                         ts,
                         &user,
-                        json!({"event_type": "purchase", "user_id": user,
-                        "item_id": sku, "timestamp_ms": ts, "quantity": take, "location": location}),
-                        true,
+                        Event::User(UserEvent {
+                            quantity: Some(take),
+                            location: Some(location.clone()),
+                            ..UserEvent::new(EventType::Purchase, &user, &sku, ts)
+                        }),
                     );
                 }
                 if take < q {
@@ -516,9 +450,18 @@ pub fn simulate(
                         &mut day_events,
                         ts,
                         &key,
-                        json!({"event_type": "shipment", "shipment_id": order.id, "sku": sku, "location": location, "quantity": quantity,
-                        "direction": "inbound", "status": "created", "expected_arrival_ms": START_MS + order.due_day as i64 * DAY_MS + 12 * 3_600_000, "timestamp_ms": ts}),
-                        false,
+                        Event::Supply(SupplyEvent::Shipment {
+                            shipment_id: order.id.clone(),
+                            sku: sku.clone(),
+                            location: location.clone(),
+                            quantity,
+                            direction: Direction::Inbound,
+                            status: ShipmentStatus::Created,
+                            expected_arrival_ms: START_MS
+                                + order.due_day as i64 * DAY_MS
+                                + 12 * 3_600_000,
+                            timestamp_ms: ts,
+                        }),
                     );
                     orders.push(order);
                 }
@@ -528,8 +471,12 @@ pub fn simulate(
                 &mut day_events,
                 counted_at,
                 &key,
-                json!({"event_type": "inventory", "sku": sku, "location": location, "on_hand": on_hand, "timestamp_ms": counted_at}),
-                false,
+                Event::Supply(SupplyEvent::Inventory {
+                    sku: sku.clone(),
+                    location: location.clone(),
+                    on_hand,
+                    timestamp_ms: counted_at,
+                }),
             );
             events.extend(day_events);
         }
@@ -547,30 +494,6 @@ pub fn simulate(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scms_dates_are_read() {
-        assert_eq!(scms_day("1-Jan-70"), Some(36_525)); // two-digit years are 20xx
-        assert_eq!(
-            scms_day("2-Jun-06").unwrap() - scms_day("1-Jun-06").unwrap(),
-            1
-        );
-        assert_eq!(
-            scms_day("1-Mar-08").unwrap() - scms_day("28-Feb-08").unwrap(),
-            2,
-            "2008 is a leap year"
-        );
-        assert_eq!(scms_day("Date Not Captured"), None);
-        assert_eq!(us_day("11/13/06"), scms_day("13-Nov-06"));
-        assert_eq!(us_day("N/A - From RDC"), None);
-    }
-
-    #[test]
-    fn quoted_csv_fields_keep_their_commas() {
-        let rows: Vec<Vec<String>> = csv_rows("a,\"b, c\",\"d \"\"e\"\"\"\n1,2,3").collect();
-        assert_eq!(rows[0], vec!["a", "b, c", "d \"e\""]);
-        assert_eq!(rows[1].len(), 3);
-    }
 
     #[test]
     fn simulation_is_deterministic_and_conserves_stock() {
@@ -608,12 +531,12 @@ mod tests {
             .events
             .iter()
             .zip(&b.events)
-            .all(|(x, y)| x.payload == y.payload));
+            .all(|(x, y)| x.payload() == y.payload()));
         // Stock moves only by purchases (down) and deliveries (up): replay the counts.
         let mut on_hand: Option<i64> = None;
         let mut expected = 0i64;
         for e in &a.events {
-            let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&e.payload()).unwrap();
             match v["event_type"].as_str().unwrap() {
                 "purchase" => expected -= v["quantity"].as_i64().unwrap(),
                 "shipment" if v["status"] == "delivered" => {
@@ -633,9 +556,9 @@ mod tests {
         let delivered: i64 = a
             .events
             .iter()
-            .filter(|e| e.payload.contains("\"delivered\""))
+            .filter(|e| e.payload().contains("\"delivered\""))
             .map(|e| {
-                serde_json::from_str::<serde_json::Value>(&e.payload).unwrap()["quantity"]
+                serde_json::from_str::<serde_json::Value>(&e.payload()).unwrap()["quantity"]
                     .as_i64()
                     .unwrap()
             })

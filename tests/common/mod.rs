@@ -75,7 +75,7 @@ pub fn schema(name: &str) -> jsonschema::Validator {
 
 /// Real events: the first `n` MovieLens-100k ratings in time order, as (key, payload).
 pub fn movielens_messages(n: usize) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
-    let events = longmem::tools::demo::movielens_events(
+    let events = longmem::tools::datasets::movielens_events(
         &repo().join("../shared/data/seqrec/recbole_ml100k"),
     )
     .unwrap();

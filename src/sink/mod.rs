@@ -1,11 +1,17 @@
 //! The Kafka producer for every output: recommendations, alerts and dead letters, and the one owner
 //! of produce retries ([`Sink::deliver`]: the whole batch again, after a jittered, capped
-//! [`backoff`]).
+//! [`retry::backoff`]).
+//!
+//! - `mod.rs`: the producer, its settings, delivery of a batch's outputs.
+//! - `retry.rs`: how long to wait before the next attempt.
+
 //!
 //! Idempotent (`enable.idempotence`, `acks=all`), so broker-side retries never duplicate or reorder a
 //! partition's outputs. [`Sink::send_all`] returns only when the broker acknowledged every output of
 //! the batch, or with an error if any failed: the pipeline never moves an offset past an event whose
 //! output is not durable on the broker.
+
+mod retry;
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +24,8 @@ use rdkafka::ClientConfig;
 use crate::config::Config;
 use crate::metrics;
 use crate::shutdown::Shutdown;
+pub use retry::backoff;
+use retry::{RETRY_BASE, RETRY_CAP};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -38,26 +46,6 @@ pub struct Output {
 
 pub struct Sink {
     producer: FutureProducer,
-}
-
-/// The first retry waits up to this long...
-const RETRY_BASE: Duration = Duration::from_millis(100);
-/// ...doubling with each failure, up to this.
-const RETRY_CAP: Duration = Duration::from_secs(5);
-
-/// Exponential backoff with full jitter: a random wait in [0, min(cap, base × 2^(attempt-1))], so
-/// that instances which failed together (a broker restart) do not all retry at the same moment.
-pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let ceiling = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(cap);
-    // Each RandomState is keyed afresh (randomly per thread, then stepped per instance): random
-    // enough to spread retries, with no extra crate.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    let fraction = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
-    ceiling.mul_f64(fraction)
 }
 
 /// librdkafka defaults for the producer that a user may override in `[kafka.producer]`.
@@ -162,29 +150,5 @@ impl Sink {
     /// Waits for anything still queued (used at shutdown).
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(Timeout::After(timeout));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_is_jittered() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(5);
-        for attempt in 1..40 {
-            let ceiling = (base * 2u32.pow((attempt - 1).min(20))).min(cap);
-            let waits: Vec<Duration> = (0..50).map(|_| backoff(attempt, base, cap)).collect();
-            assert!(
-                waits.iter().all(|w| *w <= ceiling),
-                "attempt {attempt}: {waits:?}"
-            );
-            let distinct: std::collections::HashSet<_> = waits.iter().collect();
-            assert!(
-                distinct.len() > 40,
-                "attempt {attempt}: not jittered: {waits:?}"
-            );
-        }
     }
 }

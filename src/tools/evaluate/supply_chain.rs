@@ -1,4 +1,4 @@
-//! `longmem simulate supply-chain` and `longmem evaluate supply-chain`.
+//! `longmem evaluate supply-chain`: inventory alerts against a simulation's stockouts.
 //!
 //! The evaluation replays a simulation ([`crate::tools::simulate`]) through the daemon on a broker, day by
 //! day (a day's early supply-chain events, then its purchases, which the daemon answers and
@@ -27,50 +27,16 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::FutureProducer;
+use anyhow::bail;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::event::{Event, EventType, ShipmentStatus, SupplyEvent};
 use crate::supply::{Alert, AlertKind, DAY_MS};
-use crate::tools::demo::{self, InProcessDaemon};
-use crate::tools::simulate::{self, SimEvent, Simulation, Stockout};
-
-#[derive(Debug, clap::Args)]
-pub struct SimulateArgs {
-    /// Random seed: the same seed gives the same stream.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// SKU × location positions to simulate (at most SupplyGraph's products × 3 locations).
-    #[arg(long, default_value_t = 60)]
-    pub positions: usize,
-    /// SupplyGraph's `homogeneous/` folder.
-    #[arg(long, default_value = "../shared/data/supply/supplygraph/homogeneous")]
-    pub supplygraph: PathBuf,
-    /// The SCMS delivery history (PO, scheduled and delivered dates: lead times and delays).
-    #[arg(
-        long,
-        default_value = "../shared/data/supply/scms_delivery_history/SCMS_Delivery_History_Dataset.csv"
-    )]
-    pub scms: PathBuf,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct SimulateCommand {
-    #[command(flatten)]
-    pub sim: SimulateArgs,
-    /// Directory for `events.jsonl` (one `{"key", "value"}` per line, in time order) and
-    /// `ground_truth.json` (the stockouts and each position's policy).
-    #[arg(long, default_value = "var/simulation")]
-    pub out: PathBuf,
-    /// Also produce the events to this topic on `--brokers`, in time order.
-    #[arg(long, requires = "brokers")]
-    pub topic: Option<String>,
-    #[arg(long)]
-    pub brokers: Option<String>,
-}
+use crate::tools::harness::{self, progress, read_topic, Broker, InProcessDaemon, Partitions};
+use crate::tools::simulate::{
+    self, load_simulation, send, SimEvent, SimulateArgs, Simulation, Stockout,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct EvaluateArgs {
@@ -100,54 +66,6 @@ pub struct EvaluateArgs {
     /// alerts are scored but mean little.
     #[arg(long)]
     pub unpaced: bool,
-}
-
-pub fn load_simulation(args: &SimulateArgs) -> anyhow::Result<Simulation> {
-    let graph = simulate::load_supplygraph(&args.supplygraph)?;
-    let scms = simulate::load_scms(&args.scms)?;
-    Ok(simulate::simulate(&graph, &scms, args.seed, args.positions))
-}
-
-pub fn run_simulate(cmd: SimulateCommand) -> anyhow::Result<()> {
-    let sim = load_simulation(&cmd.sim)?;
-    std::fs::create_dir_all(&cmd.out)
-        .with_context(|| format!("cannot create {}", cmd.out.display()))?;
-    let bar = progress(sim.events.len() as u64, "writing");
-    let mut lines = String::new();
-    for (i, e) in sim.events.iter().enumerate() {
-        lines.push_str(&serde_json::json!({"key": e.key, "value": serde_json::from_str::<serde_json::Value>(&e.payload)?}).to_string());
-        lines.push('\n');
-        if i % 1000 == 0 {
-            bar.set_position(i as u64);
-        }
-    }
-    std::fs::write(cmd.out.join("events.jsonl"), lines)?;
-    let truth = serde_json::json!({"seed": cmd.sim.seed, "days": sim.days, "stockouts": sim.stockouts, "positions": sim.positions});
-    std::fs::write(
-        cmd.out.join("ground_truth.json"),
-        serde_json::to_string_pretty(&truth)?,
-    )?;
-    if let (Some(brokers), Some(topic)) = (&cmd.brokers, &cmd.topic) {
-        let producer = demo::producer(brokers)?;
-        let mut pending = Vec::new();
-        for (i, e) in sim.events.iter().enumerate() {
-            pending.push(send(&producer, topic, e)?);
-            if i % 1000 == 0 {
-                bar.set_position(i as u64);
-            }
-        }
-        demo::wait_delivered(&producer, pending, "simulated event")?;
-    }
-    bar.finish_and_clear();
-    println!(
-        "simulated {} positions over {} days: {} events, {} stockouts → {}",
-        sim.positions.len(),
-        sim.days,
-        sim.events.len(),
-        sim.stockouts.len(),
-        cmd.out.display()
-    );
-    Ok(())
 }
 
 /// One alert episode of one SKU × location: raised at, resolved at.
@@ -299,15 +217,17 @@ fn reorder_point_rule(sim: &Simulation) -> HashMap<(String, String), Vec<Episode
     let mut states: HashMap<(String, String), State> = HashMap::new();
     let mut out: HashMap<(String, String), Vec<Episode>> = HashMap::new();
     for e in &sim.events {
-        let v: serde_json::Value =
-            serde_json::from_str(&e.payload).expect("simulated events are JSON");
-        let sku = v
-            .get("sku")
-            .or_else(|| v.get("item_id"))
-            .and_then(|s| s.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let key = (sku, v["location"].as_str().unwrap_or_default().to_string());
+        // The rule sees what a planner's system sees: sales, deliveries and counts per position.
+        let (sku, location) = match &e.event {
+            Event::User(u) => (&u.item_id, u.location.as_deref().unwrap_or_default()),
+            Event::Supply(
+                SupplyEvent::Inventory { sku, location, .. }
+                | SupplyEvent::Shipment { sku, location, .. }
+                | SupplyEvent::SupplierDelay { sku, location, .. }
+                | SupplyEvent::Demand { sku, location, .. },
+            ) => (sku, location.as_str()),
+        };
+        let key = (sku.clone(), location.to_string());
         let s = states.entry(key.clone()).or_insert(State {
             on_hand: 0,
             today: 0.0,
@@ -319,17 +239,19 @@ fn reorder_point_rule(sim: &Simulation) -> HashMap<(String, String), Vec<Episode
             s.history.push(std::mem::take(&mut s.today));
             s.day += 1;
         }
-        match v["event_type"].as_str() {
-            Some("purchase") => {
-                let q = v["quantity"].as_i64().unwrap_or(1);
+        match &e.event {
+            Event::User(u) if u.event_type == EventType::Purchase => {
+                let q = u.quantity.unwrap_or(1);
                 s.today += q as f64;
                 s.on_hand = (s.on_hand - q).max(0);
             }
-            Some("shipment") if v["status"] == "delivered" => {
-                s.on_hand += v["quantity"].as_i64().unwrap_or(0)
-            }
-            Some("inventory") => {
-                s.on_hand = v["on_hand"].as_i64().unwrap_or(0);
+            Event::Supply(SupplyEvent::Shipment {
+                status: ShipmentStatus::Delivered,
+                quantity,
+                ..
+            }) => s.on_hand += quantity,
+            Event::Supply(SupplyEvent::Inventory { on_hand, .. }) => {
+                s.on_hand = *on_hand;
                 let recent = &s.history[s.history.len().saturating_sub(28)..];
                 if recent.len() < 7 {
                     continue;
@@ -366,7 +288,7 @@ fn reorder_point_rule(sim: &Simulation) -> HashMap<(String, String), Vec<Episode
     out
 }
 
-pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
     let sim = load_simulation(&args.sim)?;
     let mut config = Config::load(&args.config)?;
     let run = format!(
@@ -384,31 +306,18 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             .closing_count_hour
             .get_or_insert(simulate::COUNT_HOUR);
     }
-    let _mock;
-    let bootstrap = match &args.brokers {
-        Some(b) => {
-            demo::create_topics(b, &config)?;
-            b.clone()
-        }
-        None => {
-            let mock =
-                MockCluster::new(1).context("cannot start the embedded Kafka mock cluster")?;
-            mock.create_topic(&config.topics.input[0], 8, 1)?;
-            mock.create_topic(&config.topics.recommendations, 8, 1)?;
-            mock.create_topic(&config.topics.alerts, 1, 1)?;
-            mock.create_topic(&config.topics.dead_letter, 1, 1)?;
-            let b = mock.bootstrap_servers();
-            _mock = mock;
-            demo::harness_fetch_wait(&mut config, demo::MOCK_FETCH_WAIT_MS);
-            b
-        }
+    let partitions = Partitions {
+        input: 8,
+        recommendations: 8,
+        alerts: 1,
+        dead_letter: 1,
     };
+    let broker = Broker::start(args.brokers.as_deref(), &mut config, partitions)?;
     let store_dir = tempfile::Builder::new().prefix("longmem-eval-").tempdir()?;
-    config.kafka.bootstrap_servers = bootstrap.clone();
     config.kafka.group_id = format!("longmem-eval-{}", std::process::id());
     config.store.path = store_dir.path().to_path_buf();
 
-    let purchases = sim.events.iter().filter(|e| e.is_purchase).count();
+    let purchases = sim.events.iter().filter(|e| e.is_purchase()).count();
     println!(
         "longmem evaluate supply-chain: seed {}, {} positions, {} days, {} events ({} purchases), {} stockouts, on {}",
         args.sim.seed,
@@ -417,7 +326,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         sim.events.len(),
         purchases,
         sim.stockouts.len(),
-        if args.brokers.is_some() { bootstrap.as_str() } else { "the embedded broker" }
+        broker.name()
     );
     let daemon = InProcessDaemon::start(&config)?;
     let replayed = replay(&config, &sim, args.unpaced, &daemon);
@@ -426,7 +335,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let elapsed = replayed?;
     result?;
 
-    let alerts: Vec<Alert> = demo::read_topic(&bootstrap, &config.topics.alerts)?;
+    let alerts: Vec<Alert> = read_topic(&broker.bootstrap, &config.topics.alerts)?;
     let mut longmem: HashMap<(String, String), Vec<Episode>> = HashMap::new();
     let mut open: HashMap<String, ((String, String), i64)> = HashMap::new();
     for a in &alerts {
@@ -537,7 +446,7 @@ fn replay(
 ) -> anyhow::Result<Duration> {
     daemon.wait_ready()?;
     let stats = &daemon.stats;
-    let producer = demo::producer(&config.kafka.bootstrap_servers)?;
+    let producer = harness::producer(&config.kafka.bootstrap_servers)?;
     let topic = &config.topics.input[0];
     let started = Instant::now();
     let bar = progress(sim.days as u64, "days");
@@ -562,8 +471,8 @@ fn replay(
             .iter()
             .map(|e| send(&producer, topic, e))
             .collect::<anyhow::Result<_>>()?;
-        demo::wait_delivered(&producer, pending, "simulated event")?;
-        let purchases = sim.events.iter().filter(|e| e.is_purchase).count() as u64;
+        harness::wait_delivered(&producer, pending, "simulated event")?;
+        let purchases = sim.events.iter().filter(|e| e.is_purchase()).count() as u64;
         let expected = sim.events.len() as u64 + purchases;
         wait_until("the daemon to process the stream", &|| {
             bar.set_position(stats.messages.load(Ordering::Relaxed) * sim.days as u64 / expected);
@@ -577,25 +486,25 @@ fn replay(
         // The day's purchases run from first to last; supply events before and after them frame them.
         let (first_purchase, last_purchase) = events
             .iter()
-            .filter(|e| e.is_purchase)
+            .filter(|e| e.is_purchase())
             .fold((i64::MAX, i64::MIN), |(lo, hi), e| {
                 (lo.min(e.timestamp_ms), hi.max(e.timestamp_ms))
             });
         let (before, rest): (Vec<&SimEvent>, Vec<&SimEvent>) = events
             .iter()
             .copied()
-            .partition(|e| !e.is_purchase && e.timestamp_ms < first_purchase);
+            .partition(|e| !e.is_purchase() && e.timestamp_ms < first_purchase);
         let (during, after): (Vec<&SimEvent>, Vec<&SimEvent>) = rest
             .iter()
             .copied()
-            .partition(|e| e.is_purchase || e.timestamp_ms <= last_purchase);
+            .partition(|e| e.is_purchase() || e.timestamp_ms <= last_purchase);
         for part in [before, during, after] {
-            let n_purchases = part.iter().filter(|e| e.is_purchase).count() as u64;
+            let n_purchases = part.iter().filter(|e| e.is_purchase()).count() as u64;
             let pending: Vec<_> = part
                 .iter()
                 .map(|e| send(&producer, topic, e))
                 .collect::<anyhow::Result<_>>()?;
-            demo::wait_delivered(&producer, pending, "simulated event")?;
+            harness::wait_delivered(&producer, pending, "simulated event")?;
             sent += part.len() as u64;
             purchases += n_purchases;
             // Every message so far processed, forwarded demand included.
@@ -608,28 +517,4 @@ fn replay(
     }
     bar.finish_and_clear();
     Ok(started.elapsed())
-}
-
-fn progress(len: u64, msg: &'static str) -> ProgressBar {
-    ProgressBar::new(len)
-        .with_style(
-            ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        )
-        .with_message(msg)
-}
-
-fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    e: &SimEvent,
-) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
-    demo::send(
-        producer,
-        topic,
-        Some(e.key.as_bytes()),
-        e.payload.as_bytes(),
-        "simulated event",
-    )
 }

@@ -1,0 +1,77 @@
+"""Each recommender trains for one epoch on a tiny committed `user item` file, exports its graphs,
+and its step graph answers like its full graph through onnxruntime: the training code cannot break
+silently. Needs the training environment (training/requirements.lock); about 20 s on 2 cores.
+
+    .tools/venv/bin/python -m unittest training.tests.test_train_one_epoch
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAINING = os.path.dirname(HERE)
+TINY = os.path.join(HERE, "data", "tiny_user_item.txt")
+
+try:
+    import torch  # noqa: F401
+    HAVE_TORCH = True
+except ImportError:
+    HAVE_TORCH = False
+
+
+@unittest.skipUnless(HAVE_TORCH or os.environ.get("LONGMEM_REQUIRE_TORCH"), "the training environment is not installed")
+class OneEpoch(unittest.TestCase):
+    def train(self, model, out):
+        args = [sys.executable, os.path.join(TRAINING, "train.py"), "--model", model, "--data", TINY,
+                "--out", out, "--epochs", "1", "--window", "8", "--dim", "16", "--heads", "1", "--layers", "1", "--span", "4",
+                "--batch", "16", "--negatives", "8", "--threads", "1", "--valid-users", "40"]
+        run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        self.assertEqual(run.returncode, 0, f"train.py --model {model} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+        with open(os.path.join(out, "model.json")) as f:
+            manifest = json.load(f)
+        with open(os.path.join(out, "metrics.json")) as f:
+            metrics = json.load(f)
+        return manifest, metrics
+
+    def check(self, model):
+        import torch
+        with tempfile.TemporaryDirectory() as out:
+            manifest, metrics = self.train(model, out)
+            for name in ("model.onnx", "step.onnx", "items.txt", manifest["step"]["model_file"]):
+                self.assertTrue(os.path.isfile(os.path.join(out, name)), name)
+            with open(os.path.join(out, "items.txt")) as f:
+                self.assertEqual(len(f.read().split()), manifest["n_items"])
+            self.assertEqual(metrics["epochs"], 1)
+            # Step vs full graph, every test user, through onnxruntime.
+            parity = metrics["parity"]
+            self.assertGreater(parity["users"], 0)
+            self.assertEqual(parity["same_top10_share"], 1.0, parity)
+            self.assertLess(parity["max_abs_score_diff"], 1e-3, parity)
+            if "prefill" in manifest["step"]:
+                self.assertTrue(os.path.isfile(os.path.join(out, manifest["step"]["prefill"]["model_file"])))
+                self.assertEqual(metrics["prefill_parity"]["same_top10_share"], 1.0, metrics["prefill_parity"])
+            full = metrics["full"]
+            self.assertTrue(0.0 <= full["ndcg@10"] <= full["hr@10"] <= 1.0, full)
+            # What trained it is recorded with it.
+            env = manifest["training"]["environment"]
+            self.assertEqual(env["torch"], torch.__version__)
+            self.assertIn("git_commit", env)
+            return manifest
+
+    def test_sasrec(self):
+        manifest = self.check("sasrec")
+        self.assertEqual(manifest["step"]["history"], "all")
+        self.assertIn("prefill", manifest["step"])
+
+    def test_gru4rec(self):
+        self.check("gru4rec")
+
+    def test_memory(self):
+        self.check("memory")
+
+
+if __name__ == "__main__":
+    unittest.main()
