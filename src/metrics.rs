@@ -48,6 +48,10 @@ pub const STATE_REBUILDS: &str = "longmem_state_rebuilds_total";
 pub const STATE_CACHE_BYTES: &str = "longmem_state_cache_bytes";
 pub const STATE_CACHE_USERS: &str = "longmem_state_cache_users";
 pub const MODEL_INFO: &str = "longmem_model_info";
+pub const CHANGELOG_RECORDS: &str = "longmem_changelog_records_produced_total";
+pub const RESTORING_PARTITIONS: &str = "longmem_changelog_restoring_partitions";
+pub const RESTORED_RECORDS: &str = "longmem_changelog_records_restored_total";
+pub const RESTORE_SECONDS: &str = "longmem_changelog_restore_duration_seconds";
 pub const EXECUTION_PROVIDER: &str = "longmem_execution_provider_info";
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -100,6 +104,8 @@ pub fn install() -> PrometheusHandle {
                 DEMAND_FORWARDED,
                 DEMAND_DUPLICATES,
                 STALLS,
+                CHANGELOG_RECORDS,
+                RESTORED_RECORDS,
             ] {
                 counter!(c).absolute(0);
             }
@@ -206,6 +212,26 @@ fn describe() {
         Unit::Bytes,
         "Bytes still available to longmem on the store's filesystem."
     );
+    describe_counter!(
+        CHANGELOG_RECORDS,
+        Unit::Count,
+        "Memory records and offset markers produced to the changelog topic."
+    );
+    describe_gauge!(
+        RESTORING_PARTITIONS,
+        Unit::Count,
+        "Input partitions paused while their memory is restored from the changelog."
+    );
+    describe_counter!(
+        RESTORED_RECORDS,
+        Unit::Count,
+        "Changelog records applied to the store by restores."
+    );
+    describe_histogram!(
+        RESTORE_SECONDS,
+        Unit::Seconds,
+        "Time to restore the changelog partitions of one assignment (read to their ends and applied)."
+    );
     describe_gauge!(
         MODEL_INFO,
         "The loaded model: always 1, with its name and version as labels."
@@ -243,6 +269,20 @@ pub fn record_alert(kind: AlertKind) {
 pub fn record_demand(forwarded: u64, duplicates: u64) {
     counter!(DEMAND_FORWARDED).increment(forwarded);
     counter!(DEMAND_DUPLICATES).increment(duplicates);
+}
+
+pub fn record_changelog_produced(records: u64) {
+    counter!(CHANGELOG_RECORDS).increment(records);
+}
+
+/// One assignment's partitions restored: how many records were applied and how long it took.
+pub fn record_restore(records: u64, seconds: f64) {
+    counter!(RESTORED_RECORDS).increment(records);
+    histogram!(RESTORE_SECONDS).record(seconds);
+}
+
+pub fn record_restoring(partitions: usize) {
+    gauge!(RESTORING_PARTITIONS).set(partitions as f64);
 }
 
 pub fn record_produce_retry() {
@@ -334,12 +374,17 @@ pub struct Health {
     last_progress_ms: AtomicI64,
     /// Set by the watchdog while the pipeline makes no progress with messages waiting.
     stalled: AtomicBool,
+    /// Input partitions paused while their memory is restored from the changelog.
+    pub restoring_partitions: AtomicUsize,
 }
 
 impl Health {
+    /// Serving every assigned partition: model loaded, partitions assigned, none of them still
+    /// being restored from the changelog, and live.
     pub fn is_ready(&self) -> bool {
         self.model_loaded.load(Ordering::Relaxed)
             && self.assigned_partitions.load(Ordering::Relaxed) > 0
+            && self.restoring_partitions.load(Ordering::Relaxed) == 0
             && self.is_live()
     }
 
@@ -468,18 +513,21 @@ async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
+    let restoring = state.health.restoring_partitions.load(Ordering::Relaxed);
+    let unavailable = |why: String| (StatusCode::SERVICE_UNAVAILABLE, why);
     if state.health.is_ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".into())
     } else if !state.health.model_loaded.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "model not loaded\n")
+        unavailable("model not loaded\n".into())
     } else if !state.health.is_live() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "pipeline failed or stalled\n",
-        )
+        unavailable("pipeline failed or stalled\n".into())
+    } else if restoring > 0 {
+        unavailable(format!(
+            "restoring {restoring} partitions' memory from the changelog\n"
+        ))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no partitions assigned\n")
+        unavailable("no partitions assigned\n".into())
     }
 }
 

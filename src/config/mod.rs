@@ -154,6 +154,29 @@ pub struct StoreConfig {
     /// event (one prefill call per micro-batch).
     #[serde(default = "default_state_cache_bytes")]
     pub state_cache_bytes: u64,
+    /// Also produce every change of a record to the changelog topic, the memory's durable copy in
+    /// Kafka: a partition that moves to another instance (or a lost volume) is restored from it.
+    #[serde(default = "default_true")]
+    pub changelog: bool,
+    /// The changelog topic; default `<kafka.group_id>.memory-changelog`. One partition per input
+    /// partition; created with `cleanup.policy=compact` when absent.
+    #[serde(default)]
+    pub changelog_topic: Option<String>,
+    /// Replication factor when the daemon creates the changelog topic; unset: the broker's default.
+    #[serde(default)]
+    pub changelog_replication_factor: Option<i32>,
+}
+
+impl Config {
+    /// The changelog topic, when the changelog is on.
+    pub fn changelog_topic(&self) -> Option<String> {
+        self.store.changelog.then(|| {
+            self.store
+                .changelog_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}.memory-changelog", self.kafka.group_id))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

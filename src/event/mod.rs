@@ -178,6 +178,18 @@ pub enum SupplyEvent {
     },
 }
 
+impl SupplyEvent {
+    /// The SKU × location whose memory the event changes.
+    pub fn position(&self) -> (&str, &str) {
+        match self {
+            SupplyEvent::Inventory { sku, location, .. }
+            | SupplyEvent::Shipment { sku, location, .. }
+            | SupplyEvent::SupplierDelay { sku, location, .. }
+            | SupplyEvent::Demand { sku, location, .. } => (sku, location),
+        }
+    }
+}
+
 /// Serialises as the document it was decoded from (the tools write their streams with it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]

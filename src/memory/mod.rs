@@ -9,6 +9,10 @@
 //! - `u/<user id>`                → [`UserMemory`] (postcard)
 //! - `s/<sku>\0<location>`         → [`SkuMemory`] (postcard): the supply-chain memory
 //! - `o/<topic>\0<partition be>`  → next offset to read (u64, big endian)
+//! - `c/<changelog>\0<partition be>` → next changelog offset this store has not applied (u64 BE)
+//!
+//! The changelog topic ([`crate::changelog`]) carries the same keys and encoded records, so a partition
+//! that moves is restored record for record.
 //!
 //! A record holds what cannot be recomputed: the recent-item window, counts, timestamps, and model
 //! state that is not a function of the window (a GRU's hidden vector, the memory model's slots). A
@@ -211,6 +215,74 @@ fn sku_key(sku: &str, location: &str) -> Vec<u8> {
     k
 }
 
+/// A changed record as written: (store key, encoded record, whose it is).
+pub type EncodedRecord<'a> = (Vec<u8>, Vec<u8>, RecordOwner<'a>);
+
+/// Whose record a changelog entry is.
+pub enum RecordOwner<'a> {
+    User(&'a str),
+    Sku(&'a str, &'a str),
+}
+
+/// A record's store key, as the changelog carries it: `u/…` or `s/…`; `o/…` is an offset marker.
+pub enum RecordKey<'a> {
+    User,
+    Sku,
+    /// The next input offset of (topic, partition).
+    Offset(&'a str, i32),
+}
+
+impl RecordKey<'_> {
+    pub fn parse(key: &[u8]) -> Option<RecordKey<'_>> {
+        match key.get(..2)? {
+            b"u/" => Some(RecordKey::User),
+            b"s/" => Some(RecordKey::Sku),
+            b"o/" => {
+                let rest = &key[2..];
+                let split = rest.len().checked_sub(5)?;
+                if rest[split] != 0 {
+                    return None;
+                }
+                let topic = std::str::from_utf8(&rest[..split]).ok()?;
+                let partition = i32::from_be_bytes(rest[split + 1..].try_into().ok()?);
+                Some(RecordKey::Offset(topic, partition))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Refuses a restored record that would not decode when read.
+fn check_record(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    let name = || String::from_utf8_lossy(key).into_owned();
+    match RecordKey::parse(key) {
+        Some(RecordKey::User) => postcard::from_bytes::<UserMemory>(value)
+            .map(|_| ())
+            .map_err(|error| StoreError::Corrupt { key: name(), error }),
+        Some(RecordKey::Sku) => postcard::from_bytes::<SkuMemory>(value)
+            .map(|_| ())
+            .map_err(|error| StoreError::Corrupt { key: name(), error }),
+        _ => Err(StoreError::Corrupt {
+            key: name(),
+            error: postcard::Error::DeserializeBadEncoding,
+        }),
+    }
+}
+
+/// The store key of an offset marker in the changelog: the same as the stored offset's.
+pub fn offset_marker_key(topic: &str, partition: i32) -> Vec<u8> {
+    offset_key(topic, partition)
+}
+
+fn changelog_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(7 + topic.len());
+    k.extend_from_slice(b"c/");
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
 fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     let mut k = Vec::with_capacity(7 + topic.len());
     k.extend_from_slice(b"o/");
@@ -303,6 +375,8 @@ pub struct StoreBatch {
     users: HashMap<String, UserMemory>,
     skus: HashMap<(String, String), SkuMemory>,
     next_offsets: HashMap<(String, i32), i64>,
+    /// (changelog topic, partition) → the next changelog offset after this batch's records.
+    changelog_next: HashMap<(String, i32), i64>,
 }
 
 impl StoreBatch {
@@ -321,6 +395,33 @@ impl StoreBatch {
             .entry((topic.to_string(), partition))
             .or_insert(next_offset);
         *entry = (*entry).max(next_offset);
+    }
+
+    /// Records that the changelog partition holds this batch's records up to `next_offset`.
+    pub fn changelog_reached(&mut self, topic: &str, partition: i32, next_offset: i64) {
+        let entry = self
+            .changelog_next
+            .entry((topic.to_string(), partition))
+            .or_insert(next_offset);
+        *entry = (*entry).max(next_offset);
+    }
+
+    /// Each changed record as the store writes it: (store key, encoded record, whose it is).
+    pub fn encoded_records(&self) -> Result<Vec<EncodedRecord<'_>>, StoreError> {
+        let mut out = Vec::with_capacity(self.users.len() + self.skus.len());
+        for (user, memory) in &self.users {
+            let bytes = encode(memory, || format!("user {user}"))?;
+            out.push((user_key(user), bytes, RecordOwner::User(user)));
+        }
+        for ((sku, location), memory) in &self.skus {
+            let bytes = encode(memory, || format!("sku {sku} at {location}"))?;
+            out.push((
+                sku_key(sku, location),
+                bytes,
+                RecordOwner::Sku(sku, location),
+            ));
+        }
+        Ok(out)
     }
 
     pub fn next_offsets(&self) -> impl Iterator<Item = (&str, i32, i64)> {
@@ -456,6 +557,53 @@ impl Store {
         Ok(Some(u64::from_be_bytes(bytes) as i64))
     }
 
+    /// How far this store holds a changelog partition: the next changelog offset it has not applied.
+    pub fn changelog_position(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, StoreError> {
+        let Some(v) = self.tree.get(changelog_key(topic, partition))? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = v
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::CorruptOffset {
+                topic: topic.to_string(),
+                partition,
+                len: v.len(),
+            })?;
+        Ok(Some(u64::from_be_bytes(bytes) as i64))
+    }
+
+    /// Applies restored changelog records (store key, encoded record), the input offsets they reach
+    /// and the changelog position, in one atomic batch; a record that does not decode is refused
+    /// before anything is written.
+    pub fn apply_restored(
+        &self,
+        records: &[(Vec<u8>, Vec<u8>)],
+        next_offsets: &[(String, i32, i64)],
+        changelog: (&str, i32, i64),
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (key, value) in records {
+            check_record(key, value)?;
+            b.insert(key.as_slice(), value.as_slice());
+        }
+        for (topic, partition, next) in next_offsets {
+            b.insert(offset_key(topic, *partition), &(*next as u64).to_be_bytes());
+        }
+        let (topic, partition, next) = changelog;
+        b.insert(
+            changelog_key(topic, partition),
+            &(next as u64).to_be_bytes(),
+        );
+        self.tree.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Writes the batch's users and offsets atomically and flushes them to disk.
     pub fn commit(&self, batch: &StoreBatch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
@@ -470,6 +618,12 @@ impl Store {
             b.insert(
                 offset_key(topic, *partition),
                 &(*offset as u64).to_be_bytes(),
+            );
+        }
+        for ((topic, partition), next) in &batch.changelog_next {
+            b.insert(
+                changelog_key(topic, *partition),
+                &(*next as u64).to_be_bytes(),
             );
         }
         self.tree.apply_batch(b)?;

@@ -13,13 +13,15 @@ pub(super) struct Finisher<'a> {
     pub(super) checkpoint: &'a Checkpoint,
     pub(super) shutdown: &'a Shutdown,
     pub(super) stats: &'a RunStats,
+    /// The changelog topic, when the memory is also kept there.
+    pub(super) changelog: Option<&'a str>,
 }
 
 impl Finisher<'_> {
     pub(super) fn run(self, handed: mpsc::Receiver<Prepared>, report: mpsc::Sender<Finished>) {
-        for prepared in handed.iter() {
+        for mut prepared in handed.iter() {
             self.stats.busy_begin();
-            let finished = self.finish(&prepared);
+            let finished = self.finish(&mut prepared);
             self.stats.busy_end();
             self.checkpoint.batch_ended();
             let stop = !matches!(finished, Finished::Written(_));
@@ -35,12 +37,24 @@ impl Finisher<'_> {
         }
     }
 
-    fn finish(&self, p: &Prepared) -> Finished {
+    fn finish(&self, p: &mut Prepared) -> Finished {
         // 5. produce and wait for acknowledgements
         let t = Instant::now();
-        if let Err(e) = self.sink.deliver(&p.outputs, self.shutdown) {
-            tracing::warn!(error = %e, "stopping with a batch whose outputs were not acknowledged; it will be replayed");
-            return Finished::Interrupted;
+        let delivered = match self.sink.deliver(&p.outputs, self.shutdown) {
+            Ok(delivered) => delivered,
+            Err(e) => {
+                tracing::warn!(error = %e, "stopping with a batch whose outputs were not acknowledged; it will be replayed");
+                return Finished::Interrupted;
+            }
+        };
+        // The changelog records are the last outputs: the store records how far each changelog
+        // partition now holds it, in the same write as the state.
+        if let Some(topic) = self.changelog {
+            let first = delivered.len() - p.changelog_records as usize;
+            for (partition, offset) in &delivered[first..] {
+                p.writes.changelog_reached(topic, *partition, offset + 1);
+            }
+            metrics::record_changelog_produced(p.changelog_records);
         }
         let acked_ms = now_ms();
         self.stats.record_stage(Stage::Produce, t);

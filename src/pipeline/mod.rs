@@ -23,18 +23,19 @@
 //! crash after it replays nothing. Each event is applied to the state exactly once; each output is
 //! delivered at least once and carries its source offset, so consumers can drop repeats.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::changelog::{self, ChangelogError};
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::event::{
     self, DeadLetter, Event, EventType, InMessage, ModelRef, Recommendation, RejectReason,
     SupplyEvent,
 };
-use crate::memory::{Pending, PendingView, StateCache, Store, StoreBatch, StoreError};
+use crate::memory::{Pending, PendingView, RecordOwner, StateCache, Store, StoreBatch, StoreError};
 use crate::metrics::{self, Health, Stage};
 use crate::model::forecaster::Forecaster;
 use crate::model::{Model, ModelError};
@@ -64,6 +65,8 @@ pub enum PipelineError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Changelog(#[from] ChangelogError),
 }
 
 pub fn now_ms() -> i64 {
@@ -219,7 +222,18 @@ fn run_inner(
     let store = Store::open(&config.store.path, config.store.cache_bytes)?;
     metrics::record_store(&store);
     let sink = Sink::new(config)?;
-    let source = Source::new(config, store.clone(), health.clone(), shutdown.clone())?;
+    let changelog_topic = config.changelog_topic();
+    changelog::prepare(config, Duration::from_secs(60))?;
+    let restorer =
+        changelog::Restorer::start(config, store.clone(), health.clone(), shutdown.clone())?
+            .map(Arc::new);
+    let source = Source::new(
+        config,
+        store.clone(),
+        restorer.clone(),
+        health.clone(),
+        shutdown.clone(),
+    )?;
     let checkpoint = source.checkpoint();
     let pending = Mutex::new(Pending::default());
     let mut worker = Worker {
@@ -229,6 +243,7 @@ fn run_inner(
         model,
         state_cache: StateCache::new(config.store.state_cache_bytes, config.store.state_precision),
         supply,
+        changelog: changelog_topic.clone(),
         stats,
     };
     let finisher = Finisher {
@@ -238,6 +253,7 @@ fn run_inner(
         checkpoint: &checkpoint,
         shutdown,
         stats,
+        changelog: changelog_topic.as_deref(),
     };
     let max_wait = Duration::from_millis(config.batch.max_wait_ms);
     // One batch is computed while the one before it is produced, acknowledged and written: at most
@@ -292,6 +308,9 @@ fn run_inner(
         outcome.and(finished.map(|_| ()))
     });
     source.close();
+    if let Some(restorer) = &restorer {
+        restorer.stop();
+    }
     sink.flush(Duration::from_secs(5));
     metrics::record_store(&store);
     health.assigned_partitions.store(0, Ordering::Relaxed);
@@ -340,6 +359,8 @@ struct Prepared {
     demand_records: u64,
     duplicate_demand: Option<u64>,
     messages: u64,
+    /// Changelog records among the outputs (the last ones).
+    changelog_records: u64,
 }
 
 enum Finished {

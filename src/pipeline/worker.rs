@@ -11,6 +11,8 @@ pub(super) struct Worker<'a> {
     /// Step state that is a function of the window, kept in RAM instead of the store.
     pub(super) state_cache: StateCache,
     pub(super) supply: Option<SupplyStage>,
+    /// The changelog topic, when the memory is also kept there.
+    pub(super) changelog: Option<String>,
     pub(super) stats: &'a RunStats,
 }
 
@@ -105,11 +107,11 @@ impl Worker<'_> {
                 ingest_timestamp_ms: msg.kafka_timestamp_ms.unwrap_or(emitted_at),
                 emitted_at_ms: emitted_at,
             };
-            outputs.push(Output {
-                topic: topics.recommendations.clone(),
-                key: Some(row.user_id.clone().into_bytes()),
-                payload: serde_json::to_vec(&rec).expect("recommendations serialize"),
-            });
+            outputs.push(Output::keyed(
+                &topics.recommendations,
+                Some(row.user_id.clone().into_bytes()),
+                serde_json::to_vec(&rec).expect("recommendations serialize"),
+            ));
         }
         // Purchases that name a location are that SKU × location's demand: forwarded, keyed by
         // sku@location, to the partition its supply events live on.
@@ -128,29 +130,29 @@ impl Worker<'_> {
                     timestamp_ms: e.timestamp_ms,
                     source: msg.source(),
                 };
-                outputs.push(Output {
-                    topic: demand_topic.to_string(),
-                    key: Some(format!("{}@{location}", e.item_id).into_bytes()),
-                    payload: serde_json::to_vec(&record).expect("demand records serialize"),
-                });
+                outputs.push(Output::keyed(
+                    demand_topic,
+                    Some(format!("{}@{location}", e.item_id).into_bytes()),
+                    serde_json::to_vec(&record).expect("demand records serialize"),
+                ));
                 demand_records += 1;
             }
         }
         let mut alerts = Vec::new();
         for (_, alert) in supply.iter().flat_map(|s| &s.alerts) {
-            outputs.push(Output {
-                topic: topics.alerts.clone(),
-                key: Some(format!("{}@{}", alert.sku, alert.location).into_bytes()),
-                payload: serde_json::to_vec(alert).expect("alerts serialize"),
-            });
+            outputs.push(Output::keyed(
+                &topics.alerts,
+                Some(format!("{}@{}", alert.sku, alert.location).into_bytes()),
+                serde_json::to_vec(alert).expect("alerts serialize"),
+            ));
             alerts.push(alert.kind);
         }
         for (i, dl) in &dead_letters {
-            outputs.push(Output {
-                topic: topics.dead_letter.clone(),
-                key: batch[*i].key.clone(),
-                payload: serde_json::to_vec(dl).expect("dead letters serialize"),
-            });
+            outputs.push(Output::keyed(
+                &topics.dead_letter,
+                batch[*i].key.clone(),
+                serde_json::to_vec(dl).expect("dead letters serialize"),
+            ));
         }
 
         // 6. what the state and offsets will be, once the outputs are acknowledged
@@ -164,6 +166,29 @@ impl Worker<'_> {
         }
         for msg in batch {
             writes.advance(&msg.topic, msg.partition, msg.offset + 1);
+        }
+        // The changelog's copy of those writes, produced last (in the same acknowledged batch).
+        let mut changelog_records = 0;
+        if let Some(topic) = &self.changelog {
+            let mut user_partition: HashMap<&str, i32> = HashMap::new();
+            let mut sku_partition: HashMap<(&str, &str), i32> = HashMap::new();
+            for (msg, e) in batch.iter().zip(&events) {
+                match e {
+                    Some(Event::User(u)) => {
+                        user_partition.insert(&u.user_id, msg.partition);
+                    }
+                    Some(Event::Supply(s)) => {
+                        sku_partition.insert(s.position(), msg.partition);
+                    }
+                    None => {}
+                }
+            }
+            let records = changelog::records(topic, &writes, |owner| match owner {
+                RecordOwner::User(u) => user_partition.get(u).copied(),
+                RecordOwner::Sku(s, l) => sku_partition.get(&(*s, *l)).copied(),
+            })?;
+            changelog_records = records.len() as u64;
+            outputs.extend(records);
         }
         Ok(Prepared {
             seq,
@@ -179,6 +204,7 @@ impl Worker<'_> {
             demand_records,
             duplicate_demand,
             messages: batch.len() as u64,
+            changelog_records,
         })
     }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
@@ -42,7 +43,27 @@ pub struct Output {
     pub topic: String,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// A partition chosen by the pipeline (the changelog's, co-partitioned with the input); `None`:
+    /// the producer's partitioner, by key.
+    pub partition: Option<i32>,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
 }
+
+impl Output {
+    /// A message partitioned by its key.
+    pub fn keyed(topic: &str, key: Option<Vec<u8>>, payload: Vec<u8>) -> Output {
+        Output {
+            topic: topic.to_string(),
+            key,
+            payload,
+            partition: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Where the broker wrote one output: (partition, offset).
+pub type Delivered = (i32, i64);
 
 pub struct Sink {
     producer: FutureProducer,
@@ -79,11 +100,15 @@ impl Sink {
     /// Produces every output until the broker has acknowledged them all, retrying the whole batch
     /// after a failure with [`backoff`] (the batch's state is still unwritten, so a retry can repeat
     /// an output but never lose one). Returns the last failure once `shutdown` triggers.
-    pub fn deliver(&self, outputs: &[Output], shutdown: &Shutdown) -> Result<(), SinkError> {
+    pub fn deliver(
+        &self,
+        outputs: &[Output],
+        shutdown: &Shutdown,
+    ) -> Result<Vec<Delivered>, SinkError> {
         let mut attempt = 0u32;
         loop {
             match self.send_all(outputs) {
-                Ok(()) => return Ok(()),
+                Ok(delivered) => return Ok(delivered),
                 Err(e) if shutdown.is_triggered() => return Err(e),
                 Err(e) => {
                     attempt += 1;
@@ -99,13 +124,27 @@ impl Sink {
         }
     }
 
-    /// Produces every output and waits for all acknowledgements.
-    pub fn send_all(&self, outputs: &[Output]) -> Result<(), SinkError> {
+    /// Produces every output and waits for all acknowledgements; returns where each was written,
+    /// in the order of `outputs`.
+    pub fn send_all(&self, outputs: &[Output]) -> Result<Vec<Delivered>, SinkError> {
         let mut pending = Vec::with_capacity(outputs.len());
         for out in outputs {
             let mut record = FutureRecord::<[u8], [u8]>::to(&out.topic).payload(&out.payload[..]);
             if let Some(key) = &out.key {
                 record = record.key(key);
+            }
+            if let Some(partition) = out.partition {
+                record = record.partition(partition);
+            }
+            if !out.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+                for (name, value) in &out.headers {
+                    headers = headers.insert(Header {
+                        key: name,
+                        value: Some(value),
+                    });
+                }
+                record = record.headers(headers);
             }
             // The local queue is bounded; when it is full, wait for deliveries to drain it.
             let started = Instant::now();
@@ -132,9 +171,10 @@ impl Sink {
         }
         let topics: Vec<&str> = pending.iter().map(|(t, _)| *t).collect();
         let results = futures::executor::block_on(join_all(pending.into_iter().map(|(_, d)| d)));
+        let mut delivered = Vec::with_capacity(results.len());
         for (topic, result) in topics.into_iter().zip(results) {
             match result {
-                Ok(Ok(_)) => {}
+                Ok(Ok(d)) => delivered.push((d.partition, d.offset)),
                 Ok(Err((error, _))) => {
                     return Err(SinkError::Delivery {
                         topic: topic.to_string(),
@@ -144,7 +184,7 @@ impl Sink {
                 Err(_) => return Err(SinkError::Canceled),
             }
         }
-        Ok(())
+        Ok(delivered)
     }
 
     /// Waits for anything still queued (used at shutdown).

@@ -15,7 +15,8 @@
 //!   be finished, and librdkafka's prefetch queue is bounded (`queued.max.messages.kbytes`), so a
 //!   slow model slows consumption instead of growing memory.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -23,7 +24,8 @@ use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message};
 
-use crate::checkpoint::Checkpoint;
+use crate::changelog::{Ready, Restorer};
+use crate::checkpoint::{Checkpoint, Standing};
 use crate::config::Config;
 use crate::event::InMessage;
 use crate::memory::Store;
@@ -49,6 +51,8 @@ pub enum SourceError {
 
 pub struct Source {
     consumer: BaseConsumer<SourceContext>,
+    /// Partitions restored from the changelog and not yet resumed (a seek that failed is retried).
+    to_resume: Mutex<Vec<Ready>>,
 }
 
 /// librdkafka defaults for the consumer that a user may override in `[kafka.consumer]`.
@@ -70,6 +74,7 @@ impl Source {
     pub fn new(
         config: &Config,
         store: Store,
+        restorer: Option<Arc<Restorer>>,
         health: Arc<Health>,
         shutdown: Shutdown,
     ) -> Result<Source, SourceError> {
@@ -91,6 +96,7 @@ impl Source {
         }
         let context = SourceContext {
             store,
+            restorer,
             checkpoint: Arc::new(Checkpoint::new(config.in_flight_deadline())),
             health,
             shutdown,
@@ -105,7 +111,10 @@ impl Source {
                 topics: config.topics.input.clone(),
                 error,
             })?;
-        Ok(Source { consumer })
+        Ok(Source {
+            consumer,
+            to_resume: Mutex::new(Vec::new()),
+        })
     }
 
     /// Polls one micro-batch (see [`Batcher`]); returns early, possibly empty, when `shutdown` triggers
@@ -118,11 +127,15 @@ impl Source {
     ) -> Vec<InMessage> {
         let mut batch = Batcher::new(max_events, max_wait, Duration::from_millis(100));
         while let Some(timeout) = batch.next_timeout(Instant::now()) {
+            self.resume_restored();
             let polled = self.consumer.poll(timeout);
             self.drop_revoked(&mut batch);
             match polled {
                 None if batch.is_empty() => break,
                 None => {}
+                // A partition still being restored is paused; should a message of it slip through,
+                // it is read again from the restored offset.
+                Some(Ok(m)) if self.is_restoring(m.topic(), m.partition()) => {}
                 Some(Ok(m)) => batch.push(
                     InMessage {
                         topic: m.topic().to_string(),
@@ -141,6 +154,49 @@ impl Source {
             }
         }
         batch.into_items()
+    }
+
+    fn is_restoring(&self, topic: &str, partition: i32) -> bool {
+        let context = self.consumer.context();
+        context.health.restoring_partitions.load(Ordering::Relaxed) > 0
+            && context
+                .restorer
+                .as_ref()
+                .is_some_and(|r| r.is_restoring(&(topic.to_string(), partition)))
+    }
+
+    /// Resumes the partitions whose restore finished, from the offsets the restored store holds.
+    fn resume_restored(&self) {
+        let context = self.consumer.context();
+        let Some(restorer) = &context.restorer else {
+            return;
+        };
+        let mut to_resume = self.to_resume.lock().expect("to_resume lock");
+        to_resume.extend(restorer.take_ready());
+        to_resume.retain(|ready| {
+            let (topic, partition) = &ready.partition;
+            if context.checkpoint.standing(&ready.partition) == Standing::NotAssigned {
+                return false; // revoked meanwhile
+            }
+            if let Some(next) = ready.next_offset {
+                if let Err(e) =
+                    self.consumer
+                        .seek(topic, *partition, Offset::Offset(next), Duration::from_secs(5))
+                {
+                    tracing::warn!(%topic, partition, error = %e, "cannot seek to the restored offset yet; retrying");
+                    return true;
+                }
+                context.checkpoint.advanced(topic, *partition, next);
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, *partition);
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::warn!(%topic, partition, error = %e, "cannot resume the restored partition yet; retrying");
+                return true;
+            }
+            tracing::info!(%topic, partition, next_offset = ready.next_offset, "partition restored; consuming");
+            false
+        });
     }
 
     fn drop_revoked(&self, batch: &mut Batcher<InMessage>) {

@@ -11,6 +11,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
+use crate::changelog::Restorer;
 use crate::checkpoint::{Checkpoint, Partition, Standing};
 use crate::memory::Store;
 use crate::metrics::{self, Health};
@@ -19,6 +20,8 @@ use crate::shutdown::Shutdown;
 /// Callbacks librdkafka runs inside `poll`: rebalances and statistics.
 pub struct SourceContext {
     pub(super) store: Store,
+    /// Restores newly assigned partitions from the changelog (when the memory is kept there).
+    pub(super) restorer: Option<Arc<Restorer>>,
     pub(super) checkpoint: Arc<Checkpoint>,
     pub(super) health: Arc<Health>,
     pub(super) shutdown: Shutdown,
@@ -98,6 +101,14 @@ impl ConsumerContext for SourceContext {
                     consumer.assign(tpl)
                 };
                 self.checkpoint.assign(stored, !cooperative);
+                if let Some(restorer) = &self.restorer {
+                    // Nothing of these partitions is fetched before their memory is restored (or
+                    // found current): the poll loop resumes them then, at the restored offsets.
+                    if let Err(e) = consumer.pause(tpl) {
+                        tracing::error!(error = %e, "cannot pause the assigned partitions for their restore");
+                    }
+                    restorer.request(partitions_of(tpl));
+                }
                 // A new assignment has not stalled yet: the watchdog's clock starts now.
                 self.health.record_progress();
                 tracing::info!(partitions = ?partitions_of(tpl), "partitions assigned");
@@ -105,6 +116,9 @@ impl ConsumerContext for SourceContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = partitions_of(tpl);
+                if let Some(restorer) = &self.restorer {
+                    restorer.cancel(&revoked);
+                }
                 self.commit_stored_offsets(consumer, &revoked);
                 self.checkpoint.revoke(&revoked);
                 for p in &revoked {

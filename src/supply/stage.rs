@@ -417,12 +417,8 @@ fn is_delivery(e: &SupplyEvent) -> bool {
 }
 
 fn sku_location(e: &SupplyEvent) -> (String, String) {
-    match e {
-        SupplyEvent::Inventory { sku, location, .. }
-        | SupplyEvent::Shipment { sku, location, .. }
-        | SupplyEvent::SupplierDelay { sku, location, .. }
-        | SupplyEvent::Demand { sku, location, .. } => (sku.clone(), location.clone()),
-    }
+    let (sku, location) = e.position();
+    (sku.to_string(), location.to_string())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -307,7 +307,7 @@ fn passthrough(base: &Config, bootstrap: &str, workload: &Workload) -> anyhow::R
     let store = Store::open(dir.path(), config.store.cache_bytes)?;
     let health = Arc::new(Health::default());
     let shutdown = Shutdown::new();
-    let source = Source::new(&config, store, health.clone(), shutdown.clone())?;
+    let source = Source::new(&config, store, None, health.clone(), shutdown.clone())?;
     let sink = Sink::new(&config)?;
     let max_wait = Duration::from_millis(config.batch.max_wait_ms);
     let (mut copied, mut started) = (0usize, None);
@@ -323,10 +323,12 @@ fn passthrough(base: &Config, bootstrap: &str, workload: &Workload) -> anyhow::R
         started.get_or_insert_with(Instant::now);
         let outputs: Vec<Output> = batch
             .iter()
-            .map(|m| Output {
-                topic: config.topics.recommendations.clone(),
-                key: m.key.clone(),
-                payload: m.payload.clone().unwrap_or_default(),
+            .map(|m| {
+                Output::keyed(
+                    &config.topics.recommendations,
+                    m.key.clone(),
+                    m.payload.clone().unwrap_or_default(),
+                )
             })
             .collect();
         sink.send_all(&outputs)?;

@@ -51,7 +51,8 @@ pub struct Broker {
 
 impl Broker {
     /// The Kafka at `brokers` when given (topics created there unless they exist), else the
-    /// embedded mock cluster with `partitions`. Sets `config`'s bootstrap servers, and the fetch
+    /// embedded mock cluster with `partitions` (call it once `config`'s group id is final: the
+    /// changelog topic is named after it). Sets `config`'s bootstrap servers, and the fetch
     /// wait the mock needs ([`harness_fetch_wait`]).
     pub fn start(
         brokers: Option<&str>,
@@ -80,6 +81,10 @@ impl Broker {
                 )?;
                 mock.create_topic(&config.topics.alerts, partitions.alerts, 1)?;
                 mock.create_topic(&config.topics.dead_letter, partitions.dead_letter, 1)?;
+                // The mock serves no Admin API: the daemon's changelog is created here.
+                if let Some(changelog) = config.changelog_topic() {
+                    mock.create_topic(&changelog, partitions.input, 1)?;
+                }
                 harness_fetch_wait(config, MOCK_FETCH_WAIT_MS);
                 Broker {
                     bootstrap: mock.bootstrap_servers(),

@@ -70,7 +70,10 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_longmem"))
             .args(["run", "--config"])
             .arg(config)
-            .env("LONGMEM_LOG", "warn")
+            .env(
+                "LONGMEM_LOG",
+                std::env::var("LONGMEM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -219,15 +219,13 @@ fn reorder_point_rule(sim: &Simulation) -> HashMap<(String, String), Vec<Episode
     for e in &sim.events {
         // The rule sees what a planner's system sees: sales, deliveries and counts per position.
         let (sku, location) = match &e.event {
-            Event::User(u) => (&u.item_id, u.location.as_deref().unwrap_or_default()),
-            Event::Supply(
-                SupplyEvent::Inventory { sku, location, .. }
-                | SupplyEvent::Shipment { sku, location, .. }
-                | SupplyEvent::SupplierDelay { sku, location, .. }
-                | SupplyEvent::Demand { sku, location, .. },
-            ) => (sku, location.as_str()),
+            Event::User(u) => (
+                u.item_id.as_str(),
+                u.location.as_deref().unwrap_or_default(),
+            ),
+            Event::Supply(s) => s.position(),
         };
-        let key = (sku.clone(), location.to_string());
+        let key = (sku.to_string(), location.to_string());
         let s = states.entry(key.clone()).or_insert(State {
             on_hand: 0,
             today: 0.0,
@@ -312,9 +310,9 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
         alerts: 1,
         dead_letter: 1,
     };
+    config.kafka.group_id = format!("longmem-eval-{}", std::process::id());
     let broker = Broker::start(args.brokers.as_deref(), &mut config, partitions)?;
     let store_dir = tempfile::Builder::new().prefix("longmem-eval-").tempdir()?;
-    config.kafka.group_id = format!("longmem-eval-{}", std::process::id());
     config.store.path = store_dir.path().to_path_buf();
 
     let purchases = sim.events.iter().filter(|e| e.is_purchase()).count();

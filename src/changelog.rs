@@ -1,0 +1,844 @@
+//! The memory's durable copy in Kafka: every change to a user's or a SKU × location's record is also
+//! produced to the changelog topic, and a partition this instance is assigned is restored from it
+//! before its input is processed. Kafka replicates the changelog; sled is the local, fast copy.
+//!
+//! The way Kafka Streams and Quix Streams keep state, with Kafka as the replication engine:
+//! - **Co-partitioned.** Changelog partition `p` holds the records of the keys of input partition
+//!   `p` (of every input topic: they must have as many partitions as the changelog, checked at
+//!   start by [`prepare`]). Records are keyed by their store key (`u/<user>`, `s/<sku>\0<location>`),
+//!   so compaction keeps each record's last version.
+//! - **Stamped.** Each record carries, in `longmem.source` headers, the input offsets its batch
+//!   reached on its partition (`topic:partition:next_offset`, as Quix Streams stamps its changelog
+//!   with the offset that produced it). After a batch's records comes one offset marker per input
+//!   partition it advanced (key `o/<topic>\0<partition>`, value the next offset), so a restore
+//!   knows how far the state reaches.
+//! - **In order with the outputs.** A batch's changelog records are produced with its outputs by the
+//!   same idempotent producer and acknowledged before sled writes the state, the input offsets and
+//!   the changelog position in one batch ([`crate::pipeline`]).
+//! - **Restored on assignment.** [`Restorer`]: a partition whose store is behind its changelog
+//!   partition (a partition that moved here, a lost volume, a crash between the acknowledgement and
+//!   the sled write) is paused, its changelog read from the store's position to the end and applied,
+//!   then resumed from the offsets the changelog says; the other partitions keep flowing. Records
+//!   not followed by their batch's marker (a batch cut short by a crash) are not applied: the input
+//!   they came from is processed again. A store ahead of its changelog (another cluster's, or a
+//!   changelog topic recreated) is not trusted: the partition is restored from the changelog's start.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
+
+use crate::checkpoint::Partition;
+use crate::config::Config;
+use crate::memory::STORE_FORMAT;
+use crate::memory::{offset_marker_key, RecordKey, RecordOwner, Store, StoreBatch, StoreError};
+use crate::metrics::{self, Health};
+use crate::shutdown::Shutdown;
+use crate::sink::Output;
+
+/// Header: an input offset the record's batch reached, `topic:partition:next_offset` (one per input
+/// topic advanced on the partition).
+pub const SOURCE_HEADER: &str = "longmem.source";
+/// Header: the store format of the record's encoding ([`STORE_FORMAT`]).
+pub const FORMAT_HEADER: &str = "longmem.format";
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangelogError {
+    #[error("cannot read the metadata of topic {topic}: {error}. Check kafka.bootstrap_servers and that the topic exists")]
+    Metadata {
+        topic: String,
+        error: rdkafka::error::KafkaError,
+    },
+    #[error(
+        "the input topics and the changelog are not co-partitioned: {counts}. Each input partition's \
+         memory lives in the changelog partition of the same number, so every input topic needs as \
+         many partitions as the changelog. Repartition the topics, or set store.changelog_topic to a \
+         new topic (created with the input's partition count)"
+    )]
+    NotCoPartitioned { counts: String },
+    #[error("input topic {topic} does not exist (or has no partitions) after waiting {waited:?}; create it first")]
+    NoInput { topic: String, waited: Duration },
+    #[error("cannot create the changelog topic {topic}: {error}. Create it yourself (cleanup.policy=compact, one partition per input partition) or check the client's ACLs")]
+    Create { topic: String, error: String },
+    #[error("cannot read changelog {topic} partition {partition}: {error}")]
+    Read {
+        topic: String,
+        partition: i32,
+        error: rdkafka::error::KafkaError,
+    },
+    #[error(
+        "changelog {topic} partition {partition} offset {offset} was written by store format {found}, \
+         this build writes format {expected}: run the version that wrote it, or start this one with a \
+         new store.changelog_topic"
+    )]
+    Format {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        found: String,
+        expected: u32,
+    },
+    #[error("cannot start the restore thread: {0}")]
+    Thread(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn client_config(config: &Config) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    for (k, v) in &config.kafka.properties {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    cc
+}
+
+/// Partitions of `topic`, or `None` when it does not exist.
+fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<Option<usize>, ChangelogError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|error| ChangelogError::Metadata {
+            topic: topic.to_string(),
+            error,
+        })?;
+    Ok(metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len()))
+}
+
+/// At start: checks that the input topics are co-partitioned with the changelog, and creates the
+/// changelog (`cleanup.policy=compact`, the input's partition count) when it is absent. Waits up to
+/// `wait_for_input` for the input topics to exist.
+pub fn prepare(config: &Config, wait_for_input: Duration) -> Result<(), ChangelogError> {
+    let Some(changelog) = config.changelog_topic() else {
+        return Ok(());
+    };
+    let consumer: BaseConsumer =
+        client_config(config)
+            .create()
+            .map_err(|error| ChangelogError::Metadata {
+                topic: changelog.clone(),
+                error,
+            })?;
+    let deadline = Instant::now() + wait_for_input;
+    let mut counts = Vec::new();
+    for topic in &config.topics.input {
+        let n = loop {
+            match partition_count(&consumer, topic)? {
+                Some(n) => break n,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
+                None => {
+                    return Err(ChangelogError::NoInput {
+                        topic: topic.clone(),
+                        waited: wait_for_input,
+                    })
+                }
+            }
+        };
+        counts.push((topic.clone(), n));
+    }
+    let input_partitions = counts[0].1;
+    match partition_count(&consumer, &changelog)? {
+        Some(n) => counts.push((changelog.clone(), n)),
+        None => {
+            create_topic(config, &changelog, input_partitions)?;
+            tracing::info!(topic = %changelog, partitions = input_partitions, "created the changelog topic (cleanup.policy=compact)");
+            counts.push((changelog.clone(), input_partitions));
+        }
+    }
+    if counts.iter().any(|(_, n)| *n != input_partitions) {
+        let counts = counts
+            .iter()
+            .map(|(t, n)| format!("{t} has {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(ChangelogError::NotCoPartitioned { counts });
+    }
+    Ok(())
+}
+
+fn create_topic(config: &Config, topic: &str, partitions: usize) -> Result<(), ChangelogError> {
+    let create_error = |error: String| ChangelogError::Create {
+        topic: topic.to_string(),
+        error,
+    };
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .map_err(|e| create_error(e.to_string()))?;
+    let replication = config.store.changelog_replication_factor.unwrap_or(-1);
+    let new = NewTopic::new(
+        topic,
+        partitions as i32,
+        TopicReplication::Fixed(replication),
+    )
+    .set("cleanup.policy", "compact");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = futures::executor::block_on(admin.create_topics([&new], &options))
+        .map_err(|e| create_error(e.to_string()))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, e)) => return Err(create_error(e.to_string())),
+        }
+    }
+    // The metadata of a new topic reaches every broker a moment later.
+    let consumer: BaseConsumer = client_config(config)
+        .create()
+        .map_err(|e| create_error(e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while partition_count(&consumer, topic)?.is_none() {
+        if Instant::now() > deadline {
+            return Err(create_error(
+                "it did not appear in the metadata within 30 s".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A batch's changelog records, to be produced after its other outputs: every changed record to the
+/// changelog partition of the input partition that changed it, then one offset marker per input
+/// partition the batch advanced. `partition_of` names the input partition of a record's events.
+pub fn records(
+    topic: &str,
+    writes: &StoreBatch,
+    partition_of: impl Fn(&RecordOwner) -> Option<i32>,
+) -> Result<Vec<Output>, StoreError> {
+    // The offsets each changelog partition's records reach, as headers.
+    let mut stamps: HashMap<i32, Vec<(&'static str, Vec<u8>)>> = HashMap::new();
+    for (input, partition, next) in writes.next_offsets() {
+        stamps
+            .entry(partition)
+            .or_insert_with(|| vec![(FORMAT_HEADER, STORE_FORMAT.to_string().into_bytes())])
+            .push((
+                SOURCE_HEADER,
+                format!("{input}:{partition}:{next}").into_bytes(),
+            ));
+    }
+    let mut out = Vec::new();
+    for (key, value, owner) in writes.encoded_records()? {
+        let Some(partition) = partition_of(&owner) else {
+            // Every changed record comes from an event of the batch; one without is a bug, and
+            // skipping its changelog record only costs a replay on the next restore.
+            tracing::error!(key = %String::from_utf8_lossy(&key), "a changed record without an input partition; not in the changelog");
+            continue;
+        };
+        out.push(Output {
+            topic: topic.to_string(),
+            key: Some(key),
+            payload: value,
+            partition: Some(partition),
+            headers: stamps.get(&partition).cloned().unwrap_or_default(),
+        });
+    }
+    for (input, partition, next) in writes.next_offsets() {
+        out.push(Output {
+            topic: topic.to_string(),
+            key: Some(offset_marker_key(input, partition)),
+            payload: (next as u64).to_be_bytes().to_vec(),
+            partition: Some(partition),
+            headers: stamps.get(&partition).cloned().unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// The input offsets a record's batch reached, from its headers.
+fn stamps_of(message: &impl Message) -> Vec<(String, i32, i64)> {
+    let Some(headers) = message.headers() else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .filter(|h| h.key == SOURCE_HEADER)
+        .filter_map(|h| {
+            let text = std::str::from_utf8(h.value?).ok()?;
+            let mut parts = text.rsplitn(3, ':');
+            let next = parts.next()?.parse().ok()?;
+            let partition = parts.next()?.parse().ok()?;
+            let topic = parts.next()?.to_string();
+            Some((topic, partition, next))
+        })
+        .collect()
+}
+
+fn format_of(message: &impl Message) -> Option<String> {
+    message.headers()?.iter().find_map(|h| {
+        (h.key == FORMAT_HEADER)
+            .then(|| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+    })
+}
+
+/// What one restore did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Changelog records read (records and markers).
+    pub read: u64,
+    /// Records applied to the store.
+    pub applied: u64,
+    /// Records left out: their batch's marker never followed (a batch cut short).
+    pub discarded: u64,
+}
+
+/// A changelog record read and not yet covered: (changelog offset, key, value, its stamps).
+type Waiting = (i64, Vec<u8>, Vec<u8>, Vec<(String, i32, i64)>);
+
+/// Applies changelog records in the order they were written, a record once every input offset it
+/// is stamped with is covered by a marker.
+struct Replay {
+    /// Next input offset per input topic, as far as the store or the markers read so far say.
+    reached: HashMap<String, i64>,
+    /// Records read but not yet covered by a marker: (changelog offset, key, value, stamps).
+    waiting: Vec<Waiting>,
+    /// Ready to write: records, and input offsets from markers.
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    offsets: HashMap<(String, i32), i64>,
+}
+
+impl Replay {
+    fn covered(&self, stamps: &[(String, i32, i64)]) -> bool {
+        stamps
+            .iter()
+            .all(|(t, _, next)| self.reached.get(t).is_some_and(|r| r >= next))
+    }
+
+    fn read(&mut self, offset: i64, key: Vec<u8>, value: Vec<u8>, stamps: Vec<(String, i32, i64)>) {
+        match RecordKey::parse(&key) {
+            Some(RecordKey::Offset(topic, partition)) => {
+                let Ok(bytes) = <[u8; 8]>::try_from(value.as_slice()) else {
+                    tracing::warn!(offset, "an offset marker that is not 8 bytes; skipped");
+                    return;
+                };
+                let next = u64::from_be_bytes(bytes) as i64;
+                let reached = self.reached.entry(topic.to_string()).or_insert(next);
+                *reached = (*reached).max(next);
+                let slot = self
+                    .offsets
+                    .entry((topic.to_string(), partition))
+                    .or_insert(next);
+                *slot = (*slot).max(next);
+                let waiting = std::mem::take(&mut self.waiting);
+                for (o, k, v, s) in waiting {
+                    if self.covered(&s) {
+                        self.records.push((k, v));
+                    } else {
+                        self.waiting.push((o, k, v, s));
+                    }
+                }
+            }
+            Some(RecordKey::User | RecordKey::Sku) if stamps.is_empty() => {
+                tracing::warn!(
+                    offset,
+                    "a changelog record without its source offsets; skipped"
+                );
+            }
+            Some(RecordKey::User | RecordKey::Sku) => {
+                if self.covered(&stamps) {
+                    self.records.push((key, value));
+                } else {
+                    self.waiting.push((offset, key, value, stamps));
+                }
+            }
+            None => tracing::warn!(offset, "a changelog record with an unknown key; skipped"),
+        }
+    }
+
+    /// The changelog position that is safe to record: no waiting record before it.
+    fn safe_position(&self, read_up_to: i64) -> i64 {
+        self.waiting
+            .first()
+            .map(|(o, ..)| *o)
+            .unwrap_or(read_up_to)
+            .min(read_up_to)
+    }
+}
+
+/// How long the changelog must stay quiet past its reported end before a restore counts as
+/// complete: some Kafka-compatible brokers (tansu) report a high watermark that trails the last
+/// record, so the end is where reading finds nothing more.
+const QUIET_END: Duration = Duration::from_millis(500);
+
+/// One changelog partition being read by [`restore`].
+struct Reading {
+    replay: Replay,
+    result: Restored,
+    /// The next offset to read, and where the broker says the partition ends.
+    next: i64,
+    high: i64,
+    /// The position the read started from, and whether a record came yet.
+    from: i64,
+    first: bool,
+}
+
+/// Reads changelog partitions `partitions` from the store's positions to their ends, together
+/// (one quiet spell ends them all), and applies them; the input offsets of `inputs` come from the
+/// markers. A partition whose store position is the changelog's end is current and not read. Stops
+/// early, having applied a consistent prefix, when `keep_going` turns false.
+pub fn restore(
+    config: &Config,
+    store: &Store,
+    topic: &str,
+    partitions: &[i32],
+    inputs: &[String],
+    keep_going: &dyn Fn() -> bool,
+) -> Result<Vec<(i32, Restored)>, ChangelogError> {
+    let read_error = |partition: i32| {
+        move |error| ChangelogError::Read {
+            topic: topic.to_string(),
+            partition,
+            error,
+        }
+    };
+    let mut cc = client_config(config);
+    cc.set("group.id", format!("{}.restore", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        // A position past the changelog's end (a store that is ahead of it) restarts from its start.
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100");
+    let first_partition = partitions.first().copied().unwrap_or(0);
+    let consumer: BaseConsumer = cc.create().map_err(read_error(first_partition))?;
+    let mut readings: HashMap<i32, Reading> = HashMap::new();
+    let mut done = Vec::new();
+    let mut tpl = TopicPartitionList::new();
+    for &partition in partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            .map_err(read_error(partition))?;
+        let stored = store.changelog_position(topic, partition)?;
+        if stored == Some(high) {
+            // The last record of the partition is the last this store applied: current.
+            done.push((partition, Restored::default()));
+            continue;
+        }
+        // What the store already reaches counts as covered (untrusted once the store turns out
+        // to be ahead of its changelog).
+        let reached: HashMap<String, i64> = inputs
+            .iter()
+            .filter_map(|t| match store.next_offset(t, partition) {
+                Ok(Some(next)) => Some(Ok((t.clone(), next))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()?;
+        let start = match stored {
+            Some(position) => Offset::Offset(position),
+            None => Offset::Beginning,
+        };
+        tpl.add_partition_offset(topic, partition, start)
+            .map_err(read_error(partition))?;
+        let from = stored.unwrap_or(0);
+        readings.insert(
+            partition,
+            Reading {
+                replay: Replay {
+                    reached,
+                    waiting: Vec::new(),
+                    records: Vec::new(),
+                    offsets: HashMap::new(),
+                },
+                result: Restored::default(),
+                next: from,
+                high,
+                from,
+                first: true,
+            },
+        );
+    }
+    if readings.is_empty() {
+        return Ok(done);
+    }
+    consumer.assign(&tpl).map_err(read_error(first_partition))?;
+    let mut last_record = Instant::now();
+    while keep_going() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_record = Instant::now();
+                let partition = m.partition();
+                let Some(r) = readings.get_mut(&partition) else {
+                    continue;
+                };
+                if r.first && m.offset() < r.from {
+                    tracing::warn!(
+                        changelog = topic,
+                        partition,
+                        store_position = r.from,
+                        "the store is ahead of its changelog (another cluster's store, or the \
+                         changelog was recreated): not trusted; restoring the partition from the \
+                         changelog's start"
+                    );
+                    r.replay.reached.clear();
+                }
+                r.first = false;
+                r.result.read += 1;
+                if let Some(found) = format_of(&m).filter(|f| *f != STORE_FORMAT.to_string()) {
+                    return Err(ChangelogError::Format {
+                        topic: topic.to_string(),
+                        partition,
+                        offset: m.offset(),
+                        found,
+                        expected: STORE_FORMAT,
+                    });
+                }
+                r.next = m.offset() + 1;
+                let (Some(key), Some(value)) = (m.key(), m.payload()) else {
+                    continue;
+                };
+                r.replay
+                    .read(m.offset(), key.to_vec(), value.to_vec(), stamps_of(&m));
+                if r.replay.records.len() >= 4096 {
+                    r.result.applied += flush(store, &mut r.replay, topic, partition, r.next)?;
+                }
+            }
+            Some(Err(e)) => return Err(read_error(first_partition)(e)),
+            None if readings.values().all(|r| r.next >= r.high)
+                && last_record.elapsed() >= QUIET_END =>
+            {
+                break
+            }
+            // Offsets that hold no record (transaction markers, compacted away) end below the
+            // high watermark: past a long quiet spell, that is the end.
+            None if last_record.elapsed() >= 20 * QUIET_END => {
+                tracing::warn!(
+                    changelog = topic,
+                    "the changelog stayed quiet below its high watermark; taking that as its end"
+                );
+                break;
+            }
+            None => {}
+        }
+    }
+    let complete = keep_going();
+    for (partition, mut r) in readings {
+        if complete {
+            // At the end, records still waiting belong to a batch that never completed: left
+            // out, its input is processed again from the marker's offset.
+            r.result.discarded = r.replay.waiting.len() as u64;
+            r.replay.waiting.clear();
+        }
+        // Stopped early (revoked, stopping): what is applied is a consistent prefix.
+        r.result.applied += flush(store, &mut r.replay, topic, partition, r.next)?;
+        done.push((partition, r.result));
+    }
+    Ok(done)
+}
+
+/// Writes what the replay has ready, with the input offsets and the changelog position; returns
+/// the records written.
+fn flush(
+    store: &Store,
+    replay: &mut Replay,
+    topic: &str,
+    partition: i32,
+    read_up_to: i64,
+) -> Result<u64, StoreError> {
+    let records = std::mem::take(&mut replay.records);
+    let offsets: Vec<(String, i32, i64)> = replay
+        .offsets
+        .iter()
+        .map(|((t, p), n)| (t.clone(), *p, *n))
+        .collect();
+    let position = replay.safe_position(read_up_to);
+    store.apply_restored(&records, &offsets, (topic, partition, position))?;
+    Ok(records.len() as u64)
+}
+
+/// A partition restored and ready to resume: the input partition and its next offset per the store.
+pub struct Ready {
+    pub partition: Partition,
+    pub next_offset: Option<i64>,
+    generation: u64,
+}
+
+struct Request {
+    partitions: Vec<Partition>,
+    generation: u64,
+}
+
+/// Restores assigned partitions on a thread of its own, one changelog partition at a time, while
+/// the poll loop keeps the other partitions flowing; revoked partitions' restores stop early.
+pub struct Restorer {
+    requests: Mutex<Option<mpsc::Sender<Request>>>,
+    ready: Mutex<mpsc::Receiver<Ready>>,
+    /// The current assignment's generation of each partition being restored.
+    restoring: Arc<Mutex<HashMap<Partition, u64>>>,
+    generation: std::sync::atomic::AtomicU64,
+    health: Arc<Health>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Restorer {
+    pub fn start(
+        config: &Config,
+        store: Store,
+        health: Arc<Health>,
+        shutdown: Shutdown,
+    ) -> Result<Option<Restorer>, ChangelogError> {
+        let Some(topic) = config.changelog_topic() else {
+            return Ok(None);
+        };
+        let (requests, requested) = mpsc::channel::<Request>();
+        let (done, ready) = mpsc::channel::<Ready>();
+        let restoring: Arc<Mutex<HashMap<Partition, u64>>> = Arc::default();
+        let thread = {
+            let (config, restoring, health) = (config.clone(), restoring.clone(), health.clone());
+            std::thread::Builder::new()
+                .name("restore".into())
+                .spawn(move || {
+                    for request in requested.iter() {
+                        if shutdown.is_triggered() {
+                            break;
+                        }
+                        run_request(
+                            &config, &store, &topic, &restoring, &shutdown, &health, request, &done,
+                        );
+                    }
+                })
+                .map_err(ChangelogError::Thread)?
+        };
+        Ok(Some(Restorer {
+            requests: Mutex::new(Some(requests)),
+            ready: Mutex::new(ready),
+            restoring,
+            generation: Default::default(),
+            health,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Queues the restore of newly assigned (and paused) partitions.
+    pub fn request(&self, partitions: Vec<Partition>) {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            let mut restoring = self.restoring.lock().expect("restoring lock");
+            for p in &partitions {
+                restoring.insert(p.clone(), generation);
+            }
+            self.publish(restoring.len());
+        }
+        if let Some(tx) = self.requests.lock().expect("requests lock").as_ref() {
+            let _ = tx.send(Request {
+                partitions,
+                generation,
+            });
+        }
+    }
+
+    /// Revoked partitions: their restores stop, and their results are ignored.
+    pub fn cancel(&self, partitions: &[Partition]) {
+        let mut restoring = self.restoring.lock().expect("restoring lock");
+        for p in partitions {
+            restoring.remove(p);
+        }
+        self.publish(restoring.len());
+    }
+
+    /// Partitions restored since the last call that are still assigned in the same generation.
+    pub fn take_ready(&self) -> Vec<Ready> {
+        let ready: Vec<Ready> = self.ready.lock().expect("ready lock").try_iter().collect();
+        let mut restoring = self.restoring.lock().expect("restoring lock");
+        let current: Vec<Ready> = ready
+            .into_iter()
+            .filter(|r| restoring.get(&r.partition) == Some(&r.generation))
+            .collect();
+        for r in &current {
+            restoring.remove(&r.partition);
+        }
+        self.publish(restoring.len());
+        current
+    }
+
+    /// Whether a partition is paused for a restore.
+    pub fn is_restoring(&self, partition: &Partition) -> bool {
+        self.restoring
+            .lock()
+            .expect("restoring lock")
+            .contains_key(partition)
+    }
+
+    fn publish(&self, restoring: usize) {
+        self.health
+            .restoring_partitions
+            .store(restoring, Ordering::Relaxed);
+        metrics::record_restoring(restoring);
+    }
+
+    /// Stops the thread after the restore in hand (the shutdown also stops it early).
+    pub fn stop(&self) {
+        self.requests.lock().expect("requests lock").take();
+        self.restoring.lock().expect("restoring lock").clear();
+        if let Some(t) = self.thread.lock().expect("thread lock").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_request(
+    config: &Config,
+    store: &Store,
+    topic: &str,
+    restoring: &Mutex<HashMap<Partition, u64>>,
+    shutdown: &Shutdown,
+    health: &Health,
+    request: Request,
+    done: &mpsc::Sender<Ready>,
+) {
+    let current = |p: &Partition| {
+        restoring.lock().expect("restoring lock").get(p) == Some(&request.generation)
+    };
+    let numbers: HashSet<i32> = request
+        .partitions
+        .iter()
+        .filter(|p| current(p))
+        .map(|(_, p)| *p)
+        .collect();
+    let mut numbers: Vec<i32> = numbers.into_iter().collect();
+    numbers.sort_unstable();
+    if numbers.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let keep_going = || !shutdown.is_triggered() && request.partitions.iter().any(current);
+    let fail = |what: String| {
+        // Processing the partition without its memory would answer from an empty or stale one;
+        // a restart tries the restore again.
+        tracing::error!(
+            changelog = topic,
+            "{what}; stopping (the restart tries again)"
+        );
+        health.failed.store(true, Ordering::Relaxed);
+        shutdown.trigger();
+    };
+    let restored = match restore(
+        config,
+        store,
+        topic,
+        &numbers,
+        &config.topics.input,
+        &keep_going,
+    ) {
+        Ok(restored) => restored,
+        Err(e) => {
+            return fail(format!(
+                "restoring partitions {numbers:?} from the changelog failed: {e}"
+            ))
+        }
+    };
+    if !keep_going() {
+        return; // revoked or stopping: the partitions are not resumed here
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let applied: u64 = restored.iter().map(|(_, r)| r.applied).sum();
+    metrics::record_restore(applied, seconds);
+    for (partition, r) in &restored {
+        if r.read > 0 {
+            tracing::info!(
+                changelog = topic,
+                partition,
+                read = r.read,
+                applied = r.applied,
+                discarded = r.discarded,
+                seconds,
+                "restored the partition's memory from the changelog"
+            );
+        }
+    }
+    for input in request.partitions.iter().filter(|p| numbers.contains(&p.1)) {
+        let next_offset = match store.next_offset(&input.0, input.1) {
+            Ok(n) => n,
+            Err(e) => return fail(format!("cannot read the restored offset: {e}")),
+        };
+        let _ = done.send(Ready {
+            partition: input.clone(),
+            next_offset,
+            generation: request.generation,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(topic: &str, next: i64) -> (Vec<u8>, Vec<u8>) {
+        (
+            offset_marker_key(topic, 0),
+            (next as u64).to_be_bytes().to_vec(),
+        )
+    }
+
+    fn replay(reached: &[(&str, i64)]) -> Replay {
+        Replay {
+            reached: reached.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+            waiting: Vec::new(),
+            records: Vec::new(),
+            offsets: HashMap::new(),
+        }
+    }
+
+    fn stamp(topic: &str, next: i64) -> Vec<(String, i32, i64)> {
+        vec![(topic.to_string(), 0, next)]
+    }
+
+    #[test]
+    fn records_wait_for_the_marker_of_their_batch() {
+        let mut r = replay(&[]);
+        r.read(0, b"u/a".to_vec(), b"A1".to_vec(), stamp("in", 10));
+        assert!(r.records.is_empty(), "no marker yet");
+        let (k, v) = marker("in", 10);
+        r.read(1, k, v, Vec::new());
+        assert_eq!(r.records, vec![(b"u/a".to_vec(), b"A1".to_vec())]);
+        assert_eq!(r.offsets[&("in".to_string(), 0)], 10);
+    }
+
+    #[test]
+    fn a_batch_cut_short_is_left_out_and_its_replay_applied() {
+        // A crash after two records of a batch that reached 20; the next owner processed the same
+        // input in two batches (15, then 20).
+        let mut r = replay(&[("in", 10)]);
+        r.read(5, b"u/a".to_vec(), b"A-crashed".to_vec(), stamp("in", 20));
+        r.read(6, b"u/b".to_vec(), b"B-crashed".to_vec(), stamp("in", 20));
+        assert_eq!(
+            r.safe_position(7),
+            5,
+            "the position never passes a waiting record"
+        );
+        r.read(7, b"u/a".to_vec(), b"A-15".to_vec(), stamp("in", 15));
+        let (k, v) = marker("in", 15);
+        r.read(8, k, v, Vec::new());
+        // Only what the marker covers is applied; the crashed batch's records still wait.
+        assert_eq!(r.records, vec![(b"u/a".to_vec(), b"A-15".to_vec())]);
+        assert_eq!(r.waiting.len(), 2);
+        r.read(9, b"u/b".to_vec(), b"B-20".to_vec(), stamp("in", 20));
+        let (k, v) = marker("in", 20);
+        r.read(10, k, v, Vec::new());
+        // In changelog order, so the replayed B-20 is written after the crashed B.
+        let values: Vec<&[u8]> = r.records.iter().map(|(_, v)| v.as_slice()).collect();
+        assert_eq!(
+            values,
+            vec![&b"A-15"[..], b"A-crashed", b"B-crashed", b"B-20"]
+        );
+        assert!(r.waiting.is_empty());
+        assert_eq!(r.safe_position(11), 11);
+    }
+
+    #[test]
+    fn records_the_store_already_reaches_apply_at_once() {
+        let mut r = replay(&[("in", 30)]);
+        r.read(0, b"s/x\0y".to_vec(), b"S".to_vec(), stamp("in", 25));
+        assert_eq!(r.records.len(), 1);
+    }
+}
