@@ -1,6 +1,6 @@
 """A key flood: many distinct users, one click each, backlogged on a broker and drained by the daemon.
 
-    .tools/venv/bin/python benches/key_flood.py --users 200000 [--cache-bytes N] [--state-cache-bytes N]
+    .tools/venv/bin/python benches/key_flood.py --users 200000 [--cache-bytes N] [--state-cache-bytes N] [--restore]
 
 What it answers is how the daemon's memory behaves when every event brings a user it has not seen,
 the worst case for the store and the state cache: resident memory (sampled every 5 s from /proc),
@@ -67,6 +67,68 @@ def du_bytes(path):
     return total
 
 
+def write_config(config, work, bootstrap, run, topics, args, metrics_addr):
+    with open(config, "w") as f:
+        f.write(f"""
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{run}"
+[topics]
+input = ["{topics['events']}"]
+recommendations = "{topics['recommendations']}"
+alerts = "{topics['alerts']}"
+dead_letter = "{topics['dead-letter']}"
+[store]
+path = "{work}/store"
+cache_bytes = {args.cache_bytes}
+state_cache_bytes = {args.state_cache_bytes}
+[model]
+path = "{os.path.join(REPO, args.model)}"
+[metrics]
+listen = "{metrics_addr}"
+""")
+
+
+def restore(daemon, args, bootstrap, run, topics):
+    """The first daemon's machine is lost; a second one, with an empty store, takes over."""
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(30)
+    work = tempfile.mkdtemp(prefix="longmem-flood-restore-")
+    metrics_addr = f"127.0.0.1:{free_port()}"
+    config = os.path.join(work, "longmem.toml")
+    write_config(config, work, bootstrap, run, topics, args, metrics_addr)
+    started = time.time()
+    second = subprocess.Popen([args.binary, "run", "--config", config], env={**os.environ, "LONGMEM_LOG": "warn"},
+                              stdout=subprocess.DEVNULL)
+    try:
+        assigned_at = None
+        while time.time() - started < args.timeout:
+            time.sleep(0.5)
+            if second.poll() is not None:
+                sys.exit(f"the second daemon exited with {second.returncode}")
+            assigned = metric(metrics_addr, "longmem_assigned_partitions") or 0
+            restoring = metric(metrics_addr, "longmem_changelog_restoring_partitions") or 0
+            if assigned and assigned_at is None:
+                assigned_at = time.time()
+            if assigned and not restoring and (metric(metrics_addr, "longmem_changelog_records_restored_total") or 0) > 0:
+                break
+        records = metric(metrics_addr, "longmem_changelog_records_restored_total") or 0
+        seconds = metric(metrics_addr, "longmem_changelog_restore_duration_seconds_sum") or 0
+        rss, peak = rss_mib(second.pid)
+        print(json.dumps({"restore": {"records": int(records), "seconds": round(seconds, 2),
+                                      "records_per_s": round(records / seconds) if seconds else None,
+                                      "start_to_assigned_s": round((assigned_at or started) - started, 1),
+                                      "peak_rss_mib": round(peak),
+                                      "store_bytes_per_user": round(du_bytes(work + "/store") / args.users)}}),
+              flush=True)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        try:
+            second.wait(30)
+        except subprocess.TimeoutExpired:
+            second.kill()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=200_000)
@@ -79,6 +141,9 @@ def main():
     p.add_argument("--brokers", help="an existing Kafka (host:port); default: start tansu")
     p.add_argument("--binary", default=os.path.join(REPO, "target/release/longmem"))
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the drain")
+    p.add_argument("--restore", action="store_true",
+                   help="then lose the machine: a second daemon with an empty store takes the partitions over "
+                        "and restores their memory from the changelog; prints how long that took")
     args = p.parse_args()
 
     broker = None
@@ -126,25 +191,7 @@ def main():
     work = tempfile.mkdtemp(prefix="longmem-flood-")
     metrics_addr = f"127.0.0.1:{free_port()}"
     config = os.path.join(work, "longmem.toml")
-    with open(config, "w") as f:
-        f.write(f"""
-[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{run}"
-[topics]
-input = ["{topics['events']}"]
-recommendations = "{topics['recommendations']}"
-alerts = "{topics['alerts']}"
-dead_letter = "{topics['dead-letter']}"
-[store]
-path = "{work}/store"
-cache_bytes = {args.cache_bytes}
-state_cache_bytes = {args.state_cache_bytes}
-[model]
-path = "{os.path.join(REPO, args.model)}"
-[metrics]
-listen = "{metrics_addr}"
-""")
+    write_config(config, work, bootstrap, run, topics, args, metrics_addr)
     daemon = subprocess.Popen([args.binary, "run", "--config", config], env={**os.environ, "LONGMEM_LOG": "warn"},
                               stdout=subprocess.DEVNULL)
     print("| s | events answered | RSS MiB | peak RSS MiB | state cache MiB | store on disk MiB |")
@@ -171,6 +218,8 @@ listen = "{metrics_addr}"
                           "events_per_s": round(done / elapsed), "rss_mib": round(rss), "peak_rss_mib": round(peak),
                           "store_bytes_per_user": round(store / args.users),
                           "cache_bytes": args.cache_bytes, "state_cache_bytes": args.state_cache_bytes}))
+        if args.restore:
+            restore(daemon, args, bootstrap, run, topics)
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:

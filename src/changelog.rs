@@ -407,7 +407,9 @@ pub fn restore(
         .set("enable.partition.eof", "false")
         // A position past the changelog's end (a store that is ahead of it) restarts from its start.
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // Bounded like the main consumer's prefetch: a restore reads ahead of what it applies.
+        .set("queued.max.messages.kbytes", "16384");
     let first_partition = partitions.first().copied().unwrap_or(0);
     let consumer: BaseConsumer = cc.create().map_err(read_error(first_partition))?;
     let mut readings: HashMap<i32, Reading> = HashMap::new();
