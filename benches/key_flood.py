@@ -89,6 +89,11 @@ listen = "{metrics_addr}"
 """)
 
 
+def start_daemon(binary, config):
+    return subprocess.Popen([binary, "run", "--config", config], env={**os.environ, "LONGMEM_LOG": "warn"},
+                            stdout=subprocess.DEVNULL)
+
+
 def restore(daemon, args, bootstrap, run, topics):
     """The first daemon's machine is lost; a second one, with an empty store, takes over."""
     daemon.send_signal(signal.SIGKILL)
@@ -98,8 +103,7 @@ def restore(daemon, args, bootstrap, run, topics):
     config = os.path.join(work, "longmem.toml")
     write_config(config, work, bootstrap, run, topics, args, metrics_addr)
     started = time.time()
-    second = subprocess.Popen([args.binary, "run", "--config", config], env={**os.environ, "LONGMEM_LOG": "warn"},
-                              stdout=subprocess.DEVNULL)
+    second = start_daemon(args.binary, config)
     try:
         assigned_at = None
         while time.time() - started < args.timeout:
@@ -192,8 +196,7 @@ def main():
     metrics_addr = f"127.0.0.1:{free_port()}"
     config = os.path.join(work, "longmem.toml")
     write_config(config, work, bootstrap, run, topics, args, metrics_addr)
-    daemon = subprocess.Popen([args.binary, "run", "--config", config], env={**os.environ, "LONGMEM_LOG": "warn"},
-                              stdout=subprocess.DEVNULL)
+    daemon = start_daemon(args.binary, config)
     print("| s | events answered | RSS MiB | peak RSS MiB | state cache MiB | store on disk MiB |")
     print("|---|---|---|---|---|---|", flush=True)
     started, first, done = time.time(), None, 0.0

@@ -650,16 +650,26 @@ impl Restorer {
     /// Partitions restored since the last call that are still assigned in the same generation.
     pub fn take_ready(&self) -> Vec<Ready> {
         let ready: Vec<Ready> = self.ready.lock().expect("ready lock").try_iter().collect();
+        ready.into_iter().filter(|r| self.is_current(r)).collect()
+    }
+
+    /// Whether `ready` still belongs to its partition's current assignment (not revoked, not
+    /// assigned again since, which starts a new restore).
+    pub fn is_current(&self, ready: &Ready) -> bool {
+        self.restoring
+            .lock()
+            .expect("restoring lock")
+            .get(&ready.partition)
+            == Some(&ready.generation)
+    }
+
+    /// The partition of `ready` was resumed: it is no longer restoring.
+    pub fn resumed(&self, ready: &Ready) {
         let mut restoring = self.restoring.lock().expect("restoring lock");
-        let current: Vec<Ready> = ready
-            .into_iter()
-            .filter(|r| restoring.get(&r.partition) == Some(&r.generation))
-            .collect();
-        for r in &current {
-            restoring.remove(&r.partition);
+        if restoring.get(&ready.partition) == Some(&ready.generation) {
+            restoring.remove(&ready.partition);
         }
         self.publish(restoring.len());
-        current
     }
 
     /// Whether a partition is paused for a restore.

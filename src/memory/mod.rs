@@ -275,17 +275,17 @@ pub fn offset_marker_key(topic: &str, partition: i32) -> Vec<u8> {
 }
 
 fn changelog_key(topic: &str, partition: i32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(7 + topic.len());
-    k.extend_from_slice(b"c/");
-    k.extend_from_slice(topic.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
+    partition_key(b"c/", topic, partition)
 }
 
 fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(7 + topic.len());
-    k.extend_from_slice(b"o/");
+    partition_key(b"o/", topic, partition)
+}
+
+/// `<prefix><topic>\0<partition, big endian>`.
+fn partition_key(prefix: &[u8], topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + topic.len() + 5);
+    k.extend_from_slice(prefix);
     k.extend_from_slice(topic.as_bytes());
     k.push(0);
     k.extend_from_slice(&partition.to_be_bytes());
@@ -543,18 +543,7 @@ impl Store {
 
     /// The next offset to consume on a partition, if this store has ever processed it.
     pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
-        let Some(v) = self.tree.get(offset_key(topic, partition))? else {
-            return Ok(None);
-        };
-        let bytes: [u8; 8] = v
-            .as_ref()
-            .try_into()
-            .map_err(|_| StoreError::CorruptOffset {
-                topic: topic.to_string(),
-                partition,
-                len: v.len(),
-            })?;
-        Ok(Some(u64::from_be_bytes(bytes) as i64))
+        self.position(offset_key(topic, partition), topic, partition)
     }
 
     /// How far this store holds a changelog partition: the next changelog offset it has not applied.
@@ -563,7 +552,17 @@ impl Store {
         topic: &str,
         partition: i32,
     ) -> Result<Option<i64>, StoreError> {
-        let Some(v) = self.tree.get(changelog_key(topic, partition))? else {
+        self.position(changelog_key(topic, partition), topic, partition)
+    }
+
+    /// A stored position (u64, big endian) of `topic`'s `partition`.
+    fn position(
+        &self,
+        key: Vec<u8>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, StoreError> {
+        let Some(v) = self.tree.get(key)? else {
             return Ok(None);
         };
         let bytes: [u8; 8] = v

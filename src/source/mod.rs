@@ -175,8 +175,10 @@ impl Source {
         to_resume.extend(restorer.take_ready());
         to_resume.retain(|ready| {
             let (topic, partition) = &ready.partition;
-            if context.checkpoint.standing(&ready.partition) == Standing::NotAssigned {
-                return false; // revoked meanwhile
+            if !restorer.is_current(ready)
+                || context.checkpoint.standing(&ready.partition) == Standing::NotAssigned
+            {
+                return false; // revoked meanwhile, or assigned again (a new restore runs)
             }
             if let Some(next) = ready.next_offset {
                 if let Err(e) =
@@ -194,6 +196,7 @@ impl Source {
                 tracing::warn!(%topic, partition, error = %e, "cannot resume the restored partition yet; retrying");
                 return true;
             }
+            restorer.resumed(ready);
             tracing::info!(%topic, partition, next_offset = ready.next_offset, "partition restored; consuming");
             false
         });
