@@ -51,6 +51,10 @@ pub const FORMAT_HEADER: &str = "longmem.format";
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Restored records applied per sled batch: a crash mid-restore keeps what was applied, and the
+/// restart reads on from there.
+const RESTORE_CHUNK: usize = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ChangelogError {
     #[error("cannot read the metadata of topic {topic}: {error}. Check kafka.bootstrap_servers and that the topic exists")]
@@ -500,7 +504,7 @@ pub fn restore(
                 };
                 r.replay
                     .read(m.offset(), key.to_vec(), value.to_vec(), stamps_of(&m));
-                if r.replay.records.len() >= 4096 {
+                if r.replay.records.len() >= RESTORE_CHUNK {
                     r.result.applied += flush(store, &mut r.replay, topic, partition, r.next)?;
                 }
             }

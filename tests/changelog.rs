@@ -39,6 +39,20 @@ fn answers(
         .collect()
 }
 
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// f32 state, so that where batches end changes the answers as little as it can.
 fn exact(config: &std::path::Path) {
     let text = std::fs::read_to_string(config).unwrap();
@@ -182,4 +196,167 @@ fn a_changelog_not_co_partitioned_with_the_input_is_refused() {
         stderr.contains("not co-partitioned") && stderr.contains("skewed.memory-changelog has 2"),
         "the refusal names the topics and their partition counts: {stderr}"
     );
+}
+
+/// Issue 13, 5(d): a SKU × location's memory moves too. The stockout alert raised before the move
+/// is resolved after it, with the same id, by the instance that took the partition over.
+#[test]
+fn an_alert_raised_before_a_move_is_resolved_after_it() {
+    use common::supply::*;
+    let broker = Broker::start();
+    let topics = Topics::create(&broker, "alertmoves", 1);
+    let mut recs = broker.reader(&topics.recommendations);
+    let mut answered = Vec::new();
+    let mut purchases = 0usize;
+    let start = |dir: &std::path::Path| {
+        let (config, _) = write_config(dir, &broker, &topics, "alertmoves", 64);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("closing_count_hour = 20\n");
+        std::fs::write(&config, text).unwrap();
+        Daemon::start(&config)
+    };
+    // One day: its purchases, answered (their demand forwarded first), then its supply events.
+    let mut day = |day: i64, supply: Vec<(Option<Vec<u8>>, Vec<u8>)>| {
+        let weekend = matches!(day % 7, 5 | 6);
+        let batch: Vec<_> = ["u1", "u2", "u3"]
+            .iter()
+            .enumerate()
+            .map(|(n, user)| {
+                purchase(
+                    user,
+                    "A",
+                    if weekend { 4 } else { 10 },
+                    at(day, 9 + n as i64),
+                )
+            })
+            .collect();
+        purchases += batch.len();
+        broker.produce(&topics.input, &batch);
+        wait_for(
+            "the day's purchases to be answered",
+            Duration::from_secs(60),
+            || {
+                recs.poll_into(&mut answered, Duration::from_millis(100));
+                (answered.len() >= purchases).then_some(())
+            },
+        );
+        broker.produce(&topics.input, &supply);
+    };
+
+    let first = tempfile::tempdir().unwrap();
+    let daemon = start(first.path());
+    for d in 0..14 {
+        day(d, vec![inventory("A", 10_000, at(d, 20))]);
+    }
+    day(14, vec![inventory("A", 40, at(14, 20))]);
+    let raised = broker.read_until(&topics.alerts, Duration::from_secs(60), |r| {
+        r.iter().any(|m| m.json()["kind"] == "stockout_risk")
+    });
+    daemon.kill9();
+    drop(first); // the machine and its disk are gone
+
+    let second = tempfile::tempdir().unwrap();
+    let daemon = start(second.path());
+    day(15, vec![]);
+    day(
+        16,
+        vec![shipment(
+            "A",
+            "po-2",
+            5_000,
+            "delivered",
+            at(16, 12),
+            at(16, 12),
+        )],
+    );
+    let alerts = broker.read_until(&topics.alerts, Duration::from_secs(60), |r| {
+        r.iter().any(|m| m.json()["kind"] == "resolved")
+    });
+    assert!(daemon.stop().success());
+    let raised_id = raised
+        .iter()
+        .map(|m| m.json())
+        .find(|a| a["kind"] == "stockout_risk")
+        .unwrap()["alert_id"]
+        .clone();
+    let resolved: Vec<serde_json::Value> = alerts
+        .iter()
+        .map(|m| m.json())
+        .filter(|a| a["kind"] == "resolved")
+        .collect();
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(
+        resolved[0]["alert_id"], raised_id,
+        "the alert raised before the move is the one resolved after it"
+    );
+}
+
+/// Issue 13, 5(c): an instance that crashes while it restores, and restarts on the same store,
+/// finishes the restore: every user's stored count equals the events sent, each applied once.
+#[test]
+fn a_crash_during_a_restore_loses_and_repeats_nothing() {
+    let broker = Broker::start();
+    let topics = Topics::create(&broker, "restorecrash", 4);
+    // Many users, so that the restore has records to apply.
+    let wave = |round: usize, users: usize| -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+        (0..users)
+            .map(|u| {
+                let user = format!("r{u}");
+                let doc = serde_json::json!({"event_type": "click", "user_id": user,
+                    "item_id": ((u * 7 + round) % 1_600 + 1).to_string(),
+                    "timestamp_ms": 1_700_000_000_000i64 + (round * 1_000) as i64});
+                (Some(user.into_bytes()), doc.to_string().into_bytes())
+            })
+            .collect()
+    };
+    let first = wave(0, 12_000);
+    let second = wave(1, 3_000);
+    let mut sent: std::collections::HashMap<String, u64> = Default::default();
+    for (key, _) in first.iter().chain(&second) {
+        *sent
+            .entry(String::from_utf8(key.clone().unwrap()).unwrap())
+            .or_default() += 1;
+    }
+    let mut reader = broker.reader(&topics.recommendations);
+    let mut records = Vec::new();
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _) = write_config(dir.path(), &broker, &topics, "restorecrash", 256);
+        broker.produce(&topics.input, &first);
+        let daemon = Daemon::start(&config);
+        answers(&mut reader, &mut records, first.len());
+        daemon.kill9();
+    }
+    // The new machine crashes as soon as its restore has begun, then comes back on its store.
+    let dir = tempfile::tempdir().unwrap();
+    let (config, metrics) = write_config(dir.path(), &broker, &topics, "restorecrash", 256);
+    let daemon = Daemon::start(&config);
+    wait_for("the restore to begin", Duration::from_secs(60), || {
+        let restoring = metric(&metrics, "longmem_changelog_restoring_partitions")?;
+        (restoring > 0.0).then_some(())
+    });
+    // Cut it once its first chunks are on disk (the store grows), while it still restores.
+    let store_dir = dir.path().join("store");
+    let empty = dir_bytes(&store_dir);
+    wait_for("restored records on disk", Duration::from_secs(60), || {
+        (dir_bytes(&store_dir) > empty + 32 * 1024).then_some(())
+    });
+    daemon.kill9();
+    let partial = longmem::memory::Store::open(&store_dir, 1 << 24)
+        .unwrap()
+        .user_count();
+    let daemon = Daemon::start(&config);
+    broker.produce(&topics.input, &second);
+    answers(&mut reader, &mut records, first.len() + second.len());
+    assert!(daemon.stop().success());
+
+    let store = longmem::memory::Store::open(&dir.path().join("store"), 1 << 24).unwrap();
+    eprintln!(
+        "users in the store when the restore was cut: {partial} of {}",
+        first.len()
+    );
+    for (user, n) in &sent {
+        let events = store.user(user).unwrap().map(|m| m.events()).unwrap_or(0);
+        assert_eq!(events, *n, "user {user}");
+    }
 }

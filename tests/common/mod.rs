@@ -6,6 +6,7 @@
 mod broker;
 mod daemon;
 mod reading;
+pub mod supply;
 
 // Each test uses the parts it needs.
 #[allow(unused_imports)]
