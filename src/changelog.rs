@@ -13,8 +13,8 @@
 //!   partition it advanced (key `o/<topic>\0<partition>`, value the next offset), so a restore
 //!   knows how far the state reaches.
 //! - **In order with the outputs.** A batch's changelog records are produced with its outputs by the
-//!   same idempotent producer and acknowledged before sled writes the state, the input offsets and
-//!   the changelog position in one batch ([`crate::pipeline`]).
+//!   same idempotent producer; once all are acknowledged, its markers; once those are, sled writes
+//!   the state, the input offsets and the changelog position in one batch ([`crate::pipeline`]).
 //! - **Restored on assignment.** [`Restorer`]: a partition whose store is behind its changelog
 //!   partition (a partition that moved here, a lost volume, a crash between the acknowledgement and
 //!   the sled write) is paused, its changelog read from the store's position to the end and applied,
@@ -212,14 +212,23 @@ fn create_topic(config: &Config, topic: &str, partitions: usize) -> Result<(), C
     Ok(())
 }
 
-/// A batch's changelog records, to be produced after its other outputs: every changed record to the
-/// changelog partition of the input partition that changed it, then one offset marker per input
-/// partition the batch advanced. `partition_of` names the input partition of a record's events.
+/// A batch's changelog entries.
+pub struct BatchRecords {
+    /// Every changed record, to the changelog partition of the input partition that changed it;
+    /// produced with the batch's outputs.
+    pub records: Vec<Output>,
+    /// One offset marker per input partition the batch advanced; produced only once everything
+    /// else of the batch is acknowledged, so a marker in the changelog means the batch's outputs
+    /// are all on the broker (acknowledgements of different partitions come in any order).
+    pub markers: Vec<Output>,
+}
+
+/// The changelog entries of a batch; `partition_of` names the input partition of a record's events.
 pub fn records(
     topic: &str,
     writes: &StoreBatch,
     partition_of: impl Fn(&RecordOwner) -> Option<i32>,
-) -> Result<Vec<Output>, StoreError> {
+) -> Result<BatchRecords, StoreError> {
     // The offsets each changelog partition's records reach, as headers.
     let mut stamps: HashMap<i32, Vec<(&'static str, Vec<u8>)>> = HashMap::new();
     for (input, partition, next) in writes.next_offsets() {
@@ -247,16 +256,20 @@ pub fn records(
             headers: stamps.get(&partition).cloned().unwrap_or_default(),
         });
     }
-    for (input, partition, next) in writes.next_offsets() {
-        out.push(Output {
+    let markers = writes
+        .next_offsets()
+        .map(|(input, partition, next)| Output {
             topic: topic.to_string(),
             key: Some(offset_marker_key(input, partition)),
             payload: (next as u64).to_be_bytes().to_vec(),
             partition: Some(partition),
             headers: stamps.get(&partition).cloned().unwrap_or_default(),
-        });
-    }
-    Ok(out)
+        })
+        .collect();
+    Ok(BatchRecords {
+        records: out,
+        markers,
+    })
 }
 
 /// The input offsets a record's batch reached, from its headers.

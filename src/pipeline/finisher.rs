@@ -47,14 +47,23 @@ impl Finisher<'_> {
                 return Finished::Interrupted;
             }
         };
-        // The changelog records are the last outputs: the store records how far each changelog
-        // partition now holds it, in the same write as the state.
+        // Only now the markers: one in the changelog means every output of the batch is on the
+        // broker (a restore trusts the batch's records and offsets from it).
+        let markers = match self.sink.deliver(&p.changelog_markers, self.shutdown) {
+            Ok(delivered) => delivered,
+            Err(e) => {
+                tracing::warn!(error = %e, "stopping with a batch whose changelog markers were not acknowledged; it will be replayed");
+                return Finished::Interrupted;
+            }
+        };
+        // The store records how far each changelog partition holds its records, in the same
+        // write as the state.
         if let Some(topic) = self.changelog {
             let first = delivered.len() - p.changelog_records as usize;
-            for (partition, offset) in &delivered[first..] {
+            for (partition, offset) in delivered[first..].iter().chain(&markers) {
                 p.writes.changelog_reached(topic, *partition, offset + 1);
             }
-            metrics::record_changelog_produced(p.changelog_records);
+            metrics::record_changelog_produced(p.changelog_records + markers.len() as u64);
         }
         let acked_ms = now_ms();
         self.stats.record_stage(Stage::Produce, t);

@@ -7,8 +7,9 @@
 //!    3b/4b. apply each supply-chain event to its SKU × location memory, step the demand
 //!    forecaster for the days that completed, assess stockout risk → alerts ([`crate::supply::stage`]);
 //! 5. produce recommendations, alerts, demand records (purchases that name a location, forwarded to
-//!    their SKU × location's partition) and dead letters, and wait for the broker's
-//!    acknowledgements (on failure: produce the same outputs again; the state is still unwritten);
+//!    their SKU × location's partition), dead letters and the changed records to the changelog, and
+//!    wait for the broker's acknowledgements (on failure: produce the same outputs again; the state
+//!    is still unwritten); then the changelog's offset markers, which say the batch is complete;
 //! 6. write the changed memories and every partition's next offset to sled in one atomic batch, flush;
 //! 7. commit the offsets to Kafka (for lag monitoring and tools).
 //!
@@ -361,6 +362,8 @@ struct Prepared {
     messages: u64,
     /// Changelog records among the outputs (the last ones).
     changelog_records: u64,
+    /// The changelog's offset markers, produced once the outputs are acknowledged.
+    changelog_markers: Vec<Output>,
 }
 
 enum Finished {

@@ -169,6 +169,7 @@ impl Worker<'_> {
         }
         // The changelog's copy of those writes, produced last (in the same acknowledged batch).
         let mut changelog_records = 0;
+        let mut changelog_markers = Vec::new();
         if let Some(topic) = &self.changelog {
             let mut user_partition: HashMap<&str, i32> = HashMap::new();
             let mut sku_partition: HashMap<(&str, &str), i32> = HashMap::new();
@@ -187,8 +188,9 @@ impl Worker<'_> {
                 RecordOwner::User(u) => user_partition.get(u).copied(),
                 RecordOwner::Sku(s, l) => sku_partition.get(&(*s, *l)).copied(),
             })?;
-            changelog_records = records.len() as u64;
-            outputs.extend(records);
+            changelog_records = records.records.len() as u64;
+            outputs.extend(records.records);
+            changelog_markers = records.markers;
         }
         Ok(Prepared {
             seq,
@@ -205,6 +207,7 @@ impl Worker<'_> {
             duplicate_demand,
             messages: batch.len() as u64,
             changelog_records,
+            changelog_markers,
         })
     }
 
