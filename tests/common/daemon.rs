@@ -70,6 +70,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_longmem"))
             .args(["run", "--config"])
             .arg(config)
+            // Warnings only; LONGMEM_TEST_LOG (a tracing filter) shows more when a test is debugged.
             .env(
                 "LONGMEM_LOG",
                 std::env::var("LONGMEM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
