@@ -215,9 +215,6 @@ fn an_alert_raised_before_a_move_is_resolved_after_it() {
     use common::supply::*;
     let broker = Broker::start();
     let topics = Topics::create(&broker, "alertmoves", 1);
-    let mut recs = broker.reader(&topics.recommendations);
-    let mut answered = Vec::new();
-    let mut purchases = 0usize;
     let start = |dir: &std::path::Path| {
         let (config, _) = write_config(dir, &broker, &topics, "alertmoves", 64);
         let mut text = std::fs::read_to_string(&config).unwrap();
@@ -225,33 +222,8 @@ fn an_alert_raised_before_a_move_is_resolved_after_it() {
         std::fs::write(&config, text).unwrap();
         Daemon::start(&config)
     };
-    // One day: its purchases, answered (their demand forwarded first), then its supply events.
-    let mut day = |day: i64, supply: Vec<(Option<Vec<u8>>, Vec<u8>)>| {
-        let weekend = matches!(day % 7, 5 | 6);
-        let batch: Vec<_> = ["u1", "u2", "u3"]
-            .iter()
-            .enumerate()
-            .map(|(n, user)| {
-                purchase(
-                    user,
-                    "A",
-                    if weekend { 4 } else { 10 },
-                    at(day, 9 + n as i64),
-                )
-            })
-            .collect();
-        purchases += batch.len();
-        broker.produce(&topics.input, &batch);
-        wait_for(
-            "the day's purchases to be answered",
-            Duration::from_secs(60),
-            || {
-                recs.poll_into(&mut answered, Duration::from_millis(100));
-                (answered.len() >= purchases).then_some(())
-            },
-        );
-        broker.produce(&topics.input, &supply);
-    };
+    let mut days = Days::new(&broker, &topics, &["A"]);
+    let mut day = |d: i64, supply| days.play(d, supply);
 
     let first = tempfile::tempdir().unwrap();
     let daemon = start(first.path());

@@ -24,32 +24,8 @@ fn alerts_follow_stock_forecast_and_deliveries() {
     text.push_str("closing_count_hour = 20\n");
     std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(&config);
-    let mut recs = broker.reader(&topics.recommendations);
-    let mut answered = Vec::new();
-    let mut purchases = 0usize;
-
-    // One day at a time: the day's purchases, then (once the daemon has answered them, so their
-    // forwarded demand is in the partition first) the day's supply-chain events.
-    let mut day_events = |day: i64, supply: Vec<(Option<Vec<u8>>, Vec<u8>)>| {
-        let mut batch = Vec::new();
-        for (n, user) in ["u1", "u2", "u3"].iter().enumerate() {
-            let weekend = matches!(day % 7, 5 | 6);
-            let a = if weekend { 4 } else { 10 };
-            batch.push(purchase(user, "A", a, at(day, 9 + n as i64)));
-            batch.push(purchase(user, "B", a, at(day, 10 + n as i64)));
-        }
-        purchases += batch.len();
-        broker.produce(&topics.input, &batch);
-        wait_for(
-            "the day's purchases to be answered",
-            Duration::from_secs(60),
-            || {
-                recs.poll_into(&mut answered, Duration::from_millis(100));
-                (answered.len() >= purchases).then_some(())
-            },
-        );
-        broker.produce(&topics.input, &supply);
-    };
+    let mut days = Days::new(&broker, &topics, &["A", "B"]);
+    let mut day_events = |day: i64, supply| days.play(day, supply);
 
     for day in 0..14 {
         day_events(
@@ -225,7 +201,7 @@ fn alerts_follow_stock_forecast_and_deliveries() {
     );
     assert_eq!(
         value("longmem_demand_records_forwarded_total") as usize,
-        purchases
+        days.purchases()
     );
     drop(daemon);
 }
