@@ -33,12 +33,12 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 
 use crate::checkpoint::Partition;
 use crate::config::Config;
 use crate::memory::STORE_FORMAT;
-use crate::memory::{offset_marker_key, RecordKey, RecordOwner, Store, StoreBatch, StoreError};
+use crate::memory::{offset_key, RecordKey, RecordOwner, Store, StoreBatch, StoreError};
 use crate::metrics::{self, Health};
 use crate::shutdown::Shutdown;
 use crate::sink::Output;
@@ -97,13 +97,9 @@ pub enum ChangelogError {
     Store(#[from] StoreError),
 }
 
-fn client_config(config: &Config) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    for (k, v) in &config.kafka.properties {
-        cc.set(k, v);
-    }
-    cc.set("bootstrap.servers", &config.kafka.bootstrap_servers);
-    cc
+/// A client with the shared `[kafka.properties]` (security settings) and nothing else of longmem's.
+fn client_config(config: &Config) -> rdkafka::ClientConfig {
+    config.kafka.client_config(&[], &Default::default())
 }
 
 /// Partitions of `topic`, or `None` when it does not exist.
@@ -156,7 +152,7 @@ pub fn prepare(config: &Config, wait_for_input: Duration) -> Result<(), Changelo
     match partition_count(&consumer, &changelog)? {
         Some(n) => counts.push((changelog.clone(), n)),
         None => {
-            create_topic(config, &changelog, input_partitions)?;
+            create_topic(config, &consumer, &changelog, input_partitions)?;
             tracing::info!(topic = %changelog, partitions = input_partitions, "created the changelog topic (cleanup.policy=compact)");
             counts.push((changelog.clone(), input_partitions));
         }
@@ -172,7 +168,13 @@ pub fn prepare(config: &Config, wait_for_input: Duration) -> Result<(), Changelo
     Ok(())
 }
 
-fn create_topic(config: &Config, topic: &str, partitions: usize) -> Result<(), ChangelogError> {
+/// Creates the topic and waits until `consumer` sees it in the metadata.
+fn create_topic(
+    config: &Config,
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: usize,
+) -> Result<(), ChangelogError> {
     let create_error = |error: String| ChangelogError::Create {
         topic: topic.to_string(),
         error,
@@ -197,11 +199,8 @@ fn create_topic(config: &Config, topic: &str, partitions: usize) -> Result<(), C
         }
     }
     // The metadata of a new topic reaches every broker a moment later.
-    let consumer: BaseConsumer = client_config(config)
-        .create()
-        .map_err(|e| create_error(e.to_string()))?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while partition_count(&consumer, topic)?.is_none() {
+    while partition_count(consumer, topic)?.is_none() {
         if Instant::now() > deadline {
             return Err(create_error(
                 "it did not appear in the metadata within 30 s".into(),
@@ -260,7 +259,7 @@ pub fn records(
         .next_offsets()
         .map(|(input, partition, next)| Output {
             topic: topic.to_string(),
-            key: Some(offset_marker_key(input, partition)),
+            key: Some(offset_key(input, partition)),
             payload: (next as u64).to_be_bytes().to_vec(),
             partition: Some(partition),
             headers: stamps.get(&partition).cloned().unwrap_or_default(),
@@ -803,10 +802,7 @@ mod tests {
     use super::*;
 
     fn marker(topic: &str, next: i64) -> (Vec<u8>, Vec<u8>) {
-        (
-            offset_marker_key(topic, 0),
-            (next as u64).to_be_bytes().to_vec(),
-        )
+        (offset_key(topic, 0), (next as u64).to_be_bytes().to_vec())
     }
 
     fn replay(reached: &[(&str, i64)]) -> Replay {

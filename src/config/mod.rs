@@ -91,6 +91,27 @@ pub struct KafkaConfig {
     pub instance_id: Option<String>,
 }
 
+impl KafkaConfig {
+    /// A librdkafka client's settings: longmem's `defaults` for that client, overridden by
+    /// `[kafka.properties]`, overridden by `role` (`[kafka.consumer]` or `[kafka.producer]`), and
+    /// the bootstrap servers.
+    pub fn client_config(
+        &self,
+        defaults: &[(&str, &str)],
+        role: &BTreeMap<String, String>,
+    ) -> rdkafka::ClientConfig {
+        let mut cc = rdkafka::ClientConfig::new();
+        for (k, v) in defaults {
+            cc.set(*k, *v);
+        }
+        for (k, v) in self.properties.iter().chain(role) {
+            cc.set(k, v);
+        }
+        cc.set("bootstrap.servers", &self.bootstrap_servers);
+        cc
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicsConfig {

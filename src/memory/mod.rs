@@ -269,16 +269,12 @@ fn check_record(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
     }
 }
 
-/// The store key of an offset marker in the changelog: the same as the stored offset's.
-pub fn offset_marker_key(topic: &str, partition: i32) -> Vec<u8> {
-    offset_key(topic, partition)
-}
-
 fn changelog_key(topic: &str, partition: i32) -> Vec<u8> {
     partition_key(b"c/", topic, partition)
 }
 
-fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+/// The stored offset's key; the changelog's offset markers carry the same key.
+pub fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     partition_key(b"o/", topic, partition)
 }
 

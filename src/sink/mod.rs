@@ -20,7 +20,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::ClientConfig;
 
 use crate::config::Config;
 use crate::metrics;
@@ -79,20 +78,13 @@ const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
 
 impl Sink {
     pub fn new(config: &Config) -> Result<Sink, SinkError> {
-        let mut cc = ClientConfig::new();
-        for (k, v) in PRODUCER_DEFAULTS {
-            cc.set(*k, *v);
-        }
-        for (k, v) in config.kafka.properties.iter().chain(&config.kafka.producer) {
-            cc.set(k, v);
-        }
-        cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                config.kafka.produce_timeout_ms.to_string(),
-            );
+        let mut cc = config
+            .kafka
+            .client_config(PRODUCER_DEFAULTS, &config.kafka.producer);
+        cc.set("enable.idempotence", "true").set("acks", "all").set(
+            "message.timeout.ms",
+            config.kafka.produce_timeout_ms.to_string(),
+        );
         let producer: FutureProducer = cc.create().map_err(SinkError::Create)?;
         Ok(Sink { producer })
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 
 use crate::changelog::{Ready, Restorer};
 use crate::checkpoint::{Checkpoint, Standing};
@@ -78,15 +78,10 @@ impl Source {
         health: Arc<Health>,
         shutdown: Shutdown,
     ) -> Result<Source, SourceError> {
-        let mut cc = ClientConfig::new();
-        for (k, v) in CONSUMER_DEFAULTS {
-            cc.set(*k, *v);
-        }
-        for (k, v) in config.kafka.properties.iter().chain(&config.kafka.consumer) {
-            cc.set(k, v);
-        }
-        cc.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-            .set("group.id", &config.kafka.group_id)
+        let mut cc = config
+            .kafka
+            .client_config(CONSUMER_DEFAULTS, &config.kafka.consumer);
+        cc.set("group.id", &config.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
         // Static membership (KIP-345): a restarted instance takes its partitions back at once

@@ -116,7 +116,6 @@ pub fn replay_movielens(args: &DemoArgs, mut config: Config) -> anyhow::Result<R
     config.kafka.group_id = format!("longmem-demo-{}", std::process::id());
     let broker = Broker::start(args.brokers.as_deref(), &mut config, partitions)?;
     let store_dir = tempfile::Builder::new().prefix("longmem-demo-").tempdir()?;
-    config.kafka.bootstrap_servers = broker.bootstrap.clone();
     config.store.path = store_dir.path().to_path_buf();
 
     println!(
