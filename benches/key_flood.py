@@ -13,85 +13,21 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def metric(addr, name):
-    """Sum of a metric's series on the daemon's /metrics page, or None while it does not answer."""
-    try:
-        body = urllib.request.urlopen(f"http://{addr}/metrics", timeout=2).read().decode()
-    except OSError:
-        return None
-    total = 0.0
-    for line in body.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def rss_mib(pid):
-    """(current, peak) resident set of `pid` in MiB."""
-    values = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) / 1024
-    return values["VmRSS"], values["VmHWM"]
-
-
-def du_bytes(path):
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
-    return total
+from bench_support import (REPO, create_topics, du_bytes, free_port, metric, rss_mib, start_daemon, start_tansu,
+                           write_daemon_config)
 
 
 def write_config(config, work, bootstrap, run, topics, args, metrics_addr):
-    with open(config, "w") as f:
-        f.write(f"""
-[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{run}"
-[topics]
-input = ["{topics['events']}"]
-recommendations = "{topics['recommendations']}"
-alerts = "{topics['alerts']}"
-dead_letter = "{topics['dead-letter']}"
-[store]
-path = "{work}/store"
-cache_bytes = {args.cache_bytes}
-state_cache_bytes = {args.state_cache_bytes}
-[model]
-path = "{os.path.join(REPO, args.model)}"
-[metrics]
-listen = "{metrics_addr}"
-""")
-
-
-def start_daemon(binary, config):
-    return subprocess.Popen([binary, "run", "--config", config], env={**os.environ, "LONGMEM_LOG": "warn"},
-                            stdout=subprocess.DEVNULL)
+    write_daemon_config(config, bootstrap=bootstrap, group=run, topics=topics, store=f"{work}/store",
+                        model=args.model, metrics_addr=metrics_addr, cache_bytes=args.cache_bytes,
+                        state_cache_bytes=args.state_cache_bytes)
 
 
 def restore(daemon, args, bootstrap, run, topics):
@@ -154,21 +90,10 @@ def main():
     if args.brokers:
         bootstrap = args.brokers
     else:
-        port = free_port()
-        bootstrap = f"127.0.0.1:{port}"
-        tansu = os.environ.get("LONGMEM_TANSU", os.path.join(REPO, ".tools/bin/tansu"))
-        broker = subprocess.Popen([tansu, "broker", "--listener-url", f"tcp://{bootstrap}",
-                                   "--advertised-listener-url", f"tcp://{bootstrap}",
-                                   "--storage-engine", "memory://tansu/"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)
+        bootstrap, broker = start_tansu()
     run = f"flood-{os.getpid()}"
     topics = {k: f"{run}.{k}" for k in ("events", "recommendations", "alerts", "dead-letter")}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(t, args.partitions, 1, config={"retention.ms": "-1"})
-                                   for t in topics.values()])
-    for f in futures.values():
-        f.result(30)
+    create_topics(bootstrap, topics.values(), args.partitions)
 
     items = open(os.path.join(REPO, args.model, "items.txt")).read().split()
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "none",

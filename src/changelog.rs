@@ -51,9 +51,11 @@ pub const FORMAT_HEADER: &str = "longmem.format";
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Restored records applied per sled batch: a crash mid-restore keeps what was applied, and the
-/// restart reads on from there.
-const RESTORE_CHUNK: usize = 1024;
+/// Restored records applied per sled batch (a crash mid-restore keeps what was applied, and the
+/// restart reads on from there). The size of a daemon's micro-batch: restoring a million users took
+/// 8.9 s in batches of 256, 9.9 s in batches of 1,024 and 15 s with 3.4 GiB peak RSS in batches of
+/// 8,192 (benches/key_flood.py --restore; why sled's memory grows with its batches is not known).
+const RESTORE_CHUNK: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangelogError {
@@ -479,6 +481,26 @@ pub fn restore(
         return Ok(done);
     }
     consumer.assign(&tpl).map_err(read_error(first_partition))?;
+    read_to_end(&consumer, topic, &mut readings, keep_going, &mut |chunk| {
+        chunk.apply(store, topic)
+    })?;
+    // One fsync for the whole restore: a sled batch is atomic, so a crash before it leaves a
+    // prefix of the chunks with their positions, and the next restore continues from there.
+    store.flush()?;
+    done.extend(readings.into_iter().map(|(p, r)| (p, r.result)));
+    Ok(done)
+}
+
+/// Polls the changelog partitions of `readings` until their ends (or `keep_going` turns false),
+/// handing each partition's records to `apply` once they are covered by their batch's marker.
+fn read_to_end(
+    consumer: &BaseConsumer,
+    topic: &str,
+    readings: &mut HashMap<i32, Reading>,
+    keep_going: &dyn Fn() -> bool,
+    apply: &mut dyn FnMut(Chunk) -> Result<(), StoreError>,
+) -> Result<(), ChangelogError> {
+    let expected_format = STORE_FORMAT.to_string();
     let mut last_record = Instant::now();
     while keep_going() {
         match consumer.poll(Duration::from_millis(100)) {
@@ -501,7 +523,7 @@ pub fn restore(
                 }
                 r.first = false;
                 r.result.read += 1;
-                if let Some(found) = format_of(&m).filter(|f| *f != STORE_FORMAT.to_string()) {
+                if let Some(found) = format_of(&m).filter(|f| *f != expected_format) {
                     return Err(ChangelogError::Format {
                         topic: topic.to_string(),
                         partition,
@@ -517,10 +539,16 @@ pub fn restore(
                 r.replay
                     .read(m.offset(), key.to_vec(), value.to_vec(), stamps_of(&m));
                 if r.replay.records.len() >= RESTORE_CHUNK {
-                    r.result.applied += flush(store, &mut r.replay, topic, partition, r.next)?;
+                    apply(r.take_chunk(partition))?;
                 }
             }
-            Some(Err(e)) => return Err(read_error(first_partition)(e)),
+            Some(Err(e)) => {
+                return Err(ChangelogError::Read {
+                    topic: topic.to_string(),
+                    partition: readings.keys().copied().min().unwrap_or(0),
+                    error: e,
+                })
+            }
             None if readings.values().all(|r| r.next >= r.high)
                 && last_record.elapsed() >= QUIET_END =>
             {
@@ -539,7 +567,7 @@ pub fn restore(
         }
     }
     let complete = keep_going();
-    for (partition, mut r) in readings {
+    for (&partition, r) in readings.iter_mut() {
         if complete {
             // At the end, records still waiting belong to a batch that never completed: left
             // out, its input is processed again from the marker's offset.
@@ -547,30 +575,51 @@ pub fn restore(
             r.replay.waiting.clear();
         }
         // Stopped early (revoked, stopping): what is applied is a consistent prefix.
-        r.result.applied += flush(store, &mut r.replay, topic, partition, r.next)?;
-        done.push((partition, r.result));
+        apply(r.take_chunk(partition))?;
     }
-    Ok(done)
+    Ok(())
 }
 
-/// Writes what the replay has ready, with the input offsets and the changelog position; returns
-/// the records written.
-fn flush(
-    store: &Store,
-    replay: &mut Replay,
-    topic: &str,
+impl Reading {
+    /// What the replay has ready, with the input offsets and the changelog position it reaches.
+    fn take_chunk(&mut self, partition: i32) -> Chunk {
+        let records = std::mem::take(&mut self.replay.records);
+        self.result.applied += records.len() as u64;
+        Chunk {
+            partition,
+            records,
+            offsets: self
+                .replay
+                .offsets
+                .iter()
+                .map(|((t, p), n)| (t.clone(), *p, *n))
+                .collect(),
+            position: self.replay.safe_position(self.next),
+        }
+    }
+}
+
+/// Restored records of one changelog partition ready to write, with the input offsets and the
+/// changelog position they reach: one sled batch.
+struct Chunk {
     partition: i32,
-    read_up_to: i64,
-) -> Result<u64, StoreError> {
-    let records = std::mem::take(&mut replay.records);
-    let offsets: Vec<(String, i32, i64)> = replay
-        .offsets
-        .iter()
-        .map(|((t, p), n)| (t.clone(), *p, *n))
-        .collect();
-    let position = replay.safe_position(read_up_to);
-    store.apply_restored(&records, &offsets, (topic, partition, position))?;
-    Ok(records.len() as u64)
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    offsets: Vec<(String, i32, i64)>,
+    position: i64,
+}
+
+impl Chunk {
+    fn apply(mut self, store: &Store, topic: &str) -> Result<(), StoreError> {
+        // In key order sled walks to neighbouring leaves; of a key written twice, the last wins.
+        self.records.reverse();
+        self.records.sort_by(|a, b| a.0.cmp(&b.0)); // stable: the last write first per key
+        self.records.dedup_by(|later, first| later.0 == first.0);
+        store.apply_restored(
+            &self.records,
+            &self.offsets,
+            (topic, self.partition, self.position),
+        )
+    }
 }
 
 /// A partition restored and ready to resume: the input partition and its next offset per the store.
@@ -816,6 +865,35 @@ mod tests {
 
     fn stamp(topic: &str, next: i64) -> Vec<(String, i32, i64)> {
         vec![(topic.to_string(), 0, next)]
+    }
+
+    #[test]
+    fn a_chunk_writes_the_last_version_of_each_record_with_its_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+        let user = |clicks| {
+            postcard::to_allocvec(&crate::memory::UserMemory {
+                clicks,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let chunk = Chunk {
+            partition: 3,
+            // Out of key order, and user b twice: its later version must win.
+            records: vec![
+                (b"u/b".to_vec(), user(1)),
+                (b"u/a".to_vec(), user(7)),
+                (b"u/b".to_vec(), user(2)),
+            ],
+            offsets: vec![("in".to_string(), 3, 42)],
+            position: 9,
+        };
+        chunk.apply(&store, "log").unwrap();
+        assert_eq!(store.user("a").unwrap().unwrap().clicks, 7);
+        assert_eq!(store.user("b").unwrap().unwrap().clicks, 2);
+        assert_eq!(store.next_offset("in", 3).unwrap(), Some(42));
+        assert_eq!(store.changelog_position("log", 3).unwrap(), Some(9));
     }
 
     #[test]

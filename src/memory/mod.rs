@@ -574,7 +574,9 @@ impl Store {
 
     /// Applies restored changelog records (store key, encoded record), the input offsets they reach
     /// and the changelog position, in one atomic batch; a record that does not decode is refused
-    /// before anything is written.
+    /// before anything is written. Not flushed: a restore calls [`Store::flush`] once at its end
+    /// (a crash before it loses a suffix of whole batches, position included, and the next
+    /// restore reads that suffix again).
     pub fn apply_restored(
         &self,
         records: &[(Vec<u8>, Vec<u8>)],
@@ -595,6 +597,11 @@ impl Store {
             &(next as u64).to_be_bytes(),
         );
         self.tree.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Makes everything applied so far durable (one fsync).
+    pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
