@@ -23,7 +23,7 @@ from longmem_train import data as D                                  # noqa: E40
 from longmem_train.evaluate import evaluate, popularity_scorer       # noqa: E402
 from longmem_train.export import cost_per_event, export, parity, prefill_parity, session  # noqa: E402
 from longmem_train.provenance import environment                   # noqa: E402
-from longmem_train.models import RECOMMENDERS, sampled_softmax_loss  # noqa: E402
+from longmem_train.models import RECOMMENDERS, training_loss  # noqa: E402
 
 
 def length_buckets(windows, lengths, batch_size, pool_batches=64):
@@ -60,7 +60,11 @@ def main():
     p.add_argument("--slots", type=int, default=4, help="memory slots of the memory model")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--loss", choices=["softmax", "gbce"], default="softmax",
+                   help="softmax: cross-entropy against the sampled negatives (or every item, --negatives 0); "
+                        "gbce: gSASRec's generalised binary cross-entropy against the sampled negatives")
     p.add_argument("--negatives", type=int, default=256, help="sampled negatives per step; 0 = softmax over every item")
+    p.add_argument("--gbce-t", type=float, default=0.75, help="gBCE's calibration t in [0, 1] (0: plain BCE)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--epochs", type=int, default=200)
@@ -70,6 +74,10 @@ def main():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
+    if args.loss == "gbce" and args.negatives <= 0:
+        p.error("--loss gbce compares with sampled negatives: give --negatives > 0")
+    if not 0.0 <= args.gbce_t <= 1.0:
+        p.error("--gbce-t is a share: between 0 and 1")
 
     random.seed(args.seed); np.random.seed(args.seed); torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -98,7 +106,7 @@ def main():
         model.train()
         total = 0.0
         for batch in length_buckets(windows, lengths, args.batch):
-            loss_sum, _ = sampled_softmax_loss(model, batch, args.negatives)
+            loss_sum, _ = training_loss(model, batch, args)
             loss = loss_sum / per_batch
             opt.zero_grad(); loss.backward(); opt.step()
             total += float(loss.detach())

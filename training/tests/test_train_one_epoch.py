@@ -24,10 +24,10 @@ except ImportError:
 
 @unittest.skipUnless(HAVE_TORCH or os.environ.get("LONGMEM_REQUIRE_TORCH"), "the training environment is not installed")
 class OneEpoch(unittest.TestCase):
-    def train(self, model, out):
+    def train(self, model, out, extra=()):
         args = [sys.executable, os.path.join(TRAINING, "train.py"), "--model", model, "--data", TINY,
                 "--out", out, "--epochs", "1", "--window", "8", "--dim", "16", "--heads", "1", "--layers", "1", "--span", "4",
-                "--batch", "16", "--negatives", "8", "--threads", "1", "--valid-users", "40"]
+                "--batch", "16", "--negatives", "8", "--threads", "1", "--valid-users", "40", *extra]
         run = subprocess.run(args, capture_output=True, text=True, timeout=300)
         self.assertEqual(run.returncode, 0, f"train.py --model {model} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
         with open(os.path.join(out, "model.json")) as f:
@@ -36,10 +36,10 @@ class OneEpoch(unittest.TestCase):
             metrics = json.load(f)
         return manifest, metrics
 
-    def check(self, model):
+    def check(self, model, extra=()):
         import torch
         with tempfile.TemporaryDirectory() as out:
-            manifest, metrics = self.train(model, out)
+            manifest, metrics = self.train(model, out, extra)
             for name in ("model.onnx", "step.onnx", "items.txt", manifest["step"]["model_file"]):
                 self.assertTrue(os.path.isfile(os.path.join(out, name)), name)
             with open(os.path.join(out, "items.txt")) as f:
@@ -65,6 +65,10 @@ class OneEpoch(unittest.TestCase):
         manifest = self.check("sasrec")
         self.assertEqual(manifest["step"]["history"], "all")
         self.assertIn("prefill", manifest["step"])
+
+    def test_sasrec_gbce(self):
+        manifest = self.check("sasrec", ["--loss", "gbce", "--gbce-t", "0.75"])
+        self.assertEqual(manifest["training"]["args"]["loss"], "gbce")
 
     def test_gru4rec(self):
         self.check("gru4rec")
