@@ -63,7 +63,12 @@ def recommender_card(m, r):
     arch = ARCHITECTURE[kind].format(layers=a["layers"], dim=a["dim"], heads=a["heads"], ff=2 * a["dim"],
                                      dropout=a["dropout"], span=span, window=a["window"], slots=a["slots"])
     state = ", ".join(f"`{s['name']}` {s['shape']}" for s in m["step"]["state"])
-    negatives = "softmax over every item" if a["negatives"] <= 0 else f"sampled softmax, {a['negatives']} uniform negatives per batch"
+    if a.get("loss") == "gbce":
+        negatives = f"gBCE (t = {a['gbce_t']}), {a['negatives']} uniform negatives per batch"
+    elif a["negatives"] <= 0:
+        negatives = "softmax over every item"
+    else:
+        negatives = f"sampled softmax, {a['negatives']} uniform negatives per batch"
     c, p = r["cpu_cost"], r["parity"]
     history = "each test user's whole prefix" if m["step"]["history"] == "all" else f"the last {a['window']} items of each test user's prefix (the state carries more history than `full` reads)"
     lines = [
