@@ -350,14 +350,17 @@ fn every_bad_message_lands_on_the_dead_letter_topic_with_its_reason() {
         assert!(!v["items"].as_array().unwrap().is_empty());
     }
 
-    // The counters agree with what landed, and the exposition passes promtool.
+    // The counters agree with what landed, and the exposition passes promtool. The lag comes with
+    // librdkafka's statistics (every 5 s), possibly after the last counter on a loaded machine.
     let page = wait_for(
-        "the reject counters to be exported",
+        "the reject counters and the consumer lag to be exported",
         Duration::from_secs(30),
         || {
             let (code, body) = http_get(&metrics_addr, "/metrics")?;
-            (code == 200 && body.contains("longmem_events_consumed_total{type=\"inventory\"} 1"))
-                .then_some(body)
+            (code == 200
+                && body.contains("longmem_events_consumed_total{type=\"inventory\"} 1")
+                && body.contains("longmem_consumer_lag_messages"))
+            .then_some(body)
         },
     );
     let mut per_reason: HashMap<&str, usize> = HashMap::new();
