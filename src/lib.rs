@@ -10,6 +10,7 @@
 //! the benchmark, the supply-chain simulator and the evaluations. The daemon's modules never use
 //! it: `cargo check --no-default-features` builds the core alone (part of `make lint`).
 
+pub mod admin;
 pub mod changelog;
 pub mod checkpoint;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod recommend;
+pub mod rollout;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -7,10 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use longmem::admin;
 use longmem::config::Config;
 use longmem::memory::Store;
 use longmem::metrics::{self, Health};
 use longmem::pipeline::{self, RunStats};
+use longmem::rollout::{Command as RolloutCommand, RollRequest, Rollout};
 use longmem::shutdown::{self, Shutdown};
 
 #[derive(Parser)]
@@ -26,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon until SIGTERM or SIGINT.
+    /// Run the daemon until SIGTERM or SIGINT; SIGHUP rolls to the config file's `[model]`.
     Run {
         /// The config file (TOML; `LONGMEM__SECTION__KEY` environment variables override it).
         #[arg(long, short)]
@@ -130,7 +132,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config } => run_daemon(Config::load(&config)?),
+        Command::Run { config: path } => run_daemon(Config::load(&path)?, path),
         Command::CheckConfig { file, config_only } => {
             let config = Config::load(&file)?;
             if !config_only {
@@ -189,7 +191,38 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn run_daemon(config: Config) -> anyhow::Result<()> {
+/// On each SIGHUP: reads the config file again and rolls to its `[model]` (path and mode); the
+/// outcome goes to the log and to `longmem_model_reloads_total`.
+async fn roll_on_hangup(config_path: PathBuf, rollout: Rollout) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; roll models through the admin API");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let config = match Config::load(&config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, path = %config_path.display(), "SIGHUP: the config file does not load; the live model keeps serving");
+                continue;
+            }
+        };
+        tracing::info!(path = %config.model.path.display(), "SIGHUP: rolling to the config file's model");
+        let request = RollRequest {
+            path: config.model.path,
+            mode: Some(config.model.mode),
+            promote: true,
+        };
+        match rollout.ask(RolloutCommand::Roll(request)).await {
+            Some(outcome) => {
+                tracing::info!(outcome = %serde_json::to_string(&outcome).unwrap_or_default(), "SIGHUP: model rollout done")
+            }
+            None => tracing::warn!("SIGHUP: the pipeline is not running; nothing rolled"),
+        }
+    }
+}
+
+fn run_daemon(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let handle = metrics::install();
     let health = Arc::new(Health::default());
     let stop = Shutdown::new();
@@ -209,6 +242,14 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
             stop.clone(),
         ));
         tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /readyz");
+        let (rollout, desk) = Rollout::new();
+        if let Some(listen) = &config.admin.listen {
+            let token = admin::load_token(config.admin.token_file.as_deref())?;
+            let server = admin::bind(listen, token.clone(), rollout.clone(), stop.clone()).await?;
+            tokio::spawn(server);
+            tracing::info!(%listen, token = token.is_some(), "serving the admin API (POST /admin/model, /admin/model/rollback)");
+        }
+        tokio::spawn(roll_on_hangup(config_path, rollout));
         let pipeline_stop = stop.clone();
         let grace = config.in_flight_deadline();
         let pipeline = tokio::task::spawn_blocking(move || {
@@ -217,6 +258,7 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
                 health,
                 pipeline_stop,
                 Arc::new(RunStats::default()),
+                Some(desk),
             )
         });
         // Shutdown waits for the batch in hand, never for ever: past the deadline the process

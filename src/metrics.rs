@@ -48,6 +48,7 @@ pub const STATE_REBUILDS: &str = "longmem_state_rebuilds_total";
 pub const STATE_CACHE_BYTES: &str = "longmem_state_cache_bytes";
 pub const STATE_CACHE_USERS: &str = "longmem_state_cache_users";
 pub const MODEL_INFO: &str = "longmem_model_info";
+pub const MODEL_RELOADS: &str = "longmem_model_reloads_total";
 pub const CHANGELOG_RECORDS: &str = "longmem_changelog_records_produced_total";
 pub const RESTORING_PARTITIONS: &str = "longmem_changelog_restoring_partitions";
 pub const RESTORED_RECORDS: &str = "longmem_changelog_records_restored_total";
@@ -234,7 +235,12 @@ fn describe() {
     );
     describe_gauge!(
         MODEL_INFO,
-        "The loaded model: always 1, with its name and version as labels."
+        "Models by name, version and role (live): 1 while the model holds the role, 0 after it was replaced."
+    );
+    describe_counter!(
+        MODEL_RELOADS,
+        Unit::Count,
+        "Model rollouts by result: promoted, checked (not promoted on request), refused, rolled_back."
     );
     describe_gauge!(
         EXECUTION_PROVIDER,
@@ -355,10 +361,25 @@ pub fn record_store(store: &crate::memory::Store) {
 }
 
 pub fn record_model(name: &str, version: &str, provider: &str) {
-    gauge!(MODEL_INFO, "name" => name.to_string(), "version" => version.to_string()).set(1.0);
+    record_model_role(name, version, "live", true);
+    // Every result's series from the start, so a rate or an alert has a zero to start from.
+    for result in ["promoted", "checked", "refused", "rolled_back"] {
+        counter!(MODEL_RELOADS, "result" => result).increment(0);
+    }
     for p in ["cpu", "cuda"] {
         gauge!(EXECUTION_PROVIDER, "provider" => p).set(if p == provider { 1.0 } else { 0.0 });
     }
+}
+
+/// `longmem_model_info{name,version,role}`: 1 while that model has that role, 0 once it has not.
+pub fn record_model_role(name: &str, version: &str, role: &'static str, holds: bool) {
+    gauge!(MODEL_INFO, "name" => name.to_string(), "version" => version.to_string(), "role" => role)
+        .set(if holds { 1.0 } else { 0.0 });
+}
+
+/// A model rollout's end: `promoted`, `checked`, `refused` or `rolled_back`.
+pub fn record_model_reload(result: &'static str) {
+    counter!(MODEL_RELOADS, "result" => result).increment(1);
 }
 
 /// What `/healthz` and `/readyz` report, updated by the pipeline.

@@ -63,6 +63,20 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub supply: SupplyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin API (model rollouts, [`crate::admin`]): off unless `listen` is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin API, never the metrics listener's: unset, there is none (SIGHUP still
+    /// rolls to the config file's `[model]`).
+    pub listen: Option<String>,
+    /// A file holding the bearer token the admin API requires (else `LONGMEM_ADMIN_TOKEN`);
+    /// required when `listen` is reachable beyond loopback.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -392,11 +406,12 @@ fn default_true() -> bool {
 }
 
 /// The keys of the config whose values are paths.
-const PATH_KEYS: [(&str, &str); 4] = [
+const PATH_KEYS: [(&str, &str); 5] = [
     ("store", "path"),
     ("model", "path"),
     ("model", "runtime_library"),
     ("supply", "forecaster"),
+    ("admin", "token_file"),
 ];
 
 /// Makes each relative path in `tree` relative to `folder` instead (`folder/../x` becomes `x`).

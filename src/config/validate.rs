@@ -12,6 +12,13 @@ impl Config {
                 "is empty; give host:port of at least one broker",
             ));
         }
+        if self.admin.listen.as_deref() == Some(self.metrics.listen.as_str()) {
+            errors.push(key_error(
+                "admin.listen",
+                "is the metrics listener's address; the admin API needs a listener of its own \
+                 (the metrics port is open to Prometheus, a model swap must not be)",
+            ));
+        }
         if self.kafka.group_id.trim().is_empty() {
             errors.push(key_error(
                 "kafka.group_id",

@@ -661,6 +661,23 @@ impl Store {
     pub fn user_count(&self) -> usize {
         self.tree.scan_prefix(b"u/").count()
     }
+
+    /// Up to `n` remembered users (the first in key order) with their memories, for checking a
+    /// model against real windows; records that do not decode are skipped.
+    pub fn sample_users(&self, n: usize) -> Result<Vec<(String, UserMemory)>, StoreError> {
+        let mut users = Vec::with_capacity(n);
+        for entry in self.tree.scan_prefix(b"u/") {
+            if users.len() >= n {
+                break;
+            }
+            let (key, value) = entry?;
+            let Ok(memory) = postcard::from_bytes::<UserMemory>(&value) else {
+                continue;
+            };
+            users.push((String::from_utf8_lossy(&key[2..]).into_owned(), memory));
+        }
+        Ok(users)
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ use crate::metrics::{self, Health, Stage};
 use crate::model::forecaster::Forecaster;
 use crate::model::{Model, ModelError};
 use crate::recommend;
+use crate::rollout::Desk;
 use crate::shutdown::Shutdown;
 use crate::sink::{Output, Sink, SinkError};
 use crate::source::{Source, SourceError};
@@ -165,13 +166,15 @@ impl RunStats {
 
 /// Runs the pipeline on the calling thread until `shutdown` triggers; blocking (call it from a
 /// dedicated thread, never from an async runtime's worker).
+/// `rollout`: where model rollouts are asked for ([`crate::rollout::Rollout`]); `None` for none.
 pub fn run(
     config: &Config,
     health: Arc<Health>,
     shutdown: Shutdown,
     stats: Arc<RunStats>,
+    rollout: Option<Desk>,
 ) -> Result<(), PipelineError> {
-    let result = run_inner(config, &health, &shutdown, &stats);
+    let result = run_inner(config, &health, &shutdown, &stats, rollout);
     if let Err(e) = &result {
         health.failed.store(true, Ordering::Relaxed);
         tracing::error!(error = %e, "pipeline stopped");
@@ -184,6 +187,7 @@ fn run_inner(
     health: &Arc<Health>,
     shutdown: &Shutdown,
     stats: &RunStats,
+    mut rollout: Option<Desk>,
 ) -> Result<(), PipelineError> {
     let model = Model::load(&config.model)?;
     if config.store.history_len < model.manifest.window {
@@ -273,6 +277,10 @@ fn run_inner(
             }
             if shutdown.is_triggered() {
                 break Ok(());
+            }
+            // A model swap happens here, between two batches: each batch is scored by one model.
+            if let Some(desk) = rollout.as_mut() {
+                desk.between_batches(config, &store, &mut worker.model, &mut worker.state_cache);
             }
             let batch = source.next_batch(config.batch.max_events, max_wait, shutdown);
             if !batch.is_empty() {

@@ -235,7 +235,7 @@ impl InProcessDaemon {
                 (config.clone(), health.clone(), stop.clone(), stats.clone());
             std::thread::Builder::new()
                 .name("pipeline".into())
-                .spawn(move || pipeline::run(&config, health, stop, stats))?
+                .spawn(move || pipeline::run(&config, health, stop, stats, None))?
         };
         Ok(InProcessDaemon {
             health,
