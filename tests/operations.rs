@@ -233,7 +233,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
         &["check", "rules", "deploy/prometheus/alerts.yml"],
     );
     assert!(ok, "{out}");
-    assert!(out.contains("SUCCESS: 11 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 12 rules found"), "{out}");
     let (ok, out) = run(
         &promtool,
         &["test", "rules", "deploy/prometheus/alerts_test.yml"],
