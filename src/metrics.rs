@@ -49,6 +49,8 @@ pub const STATE_CACHE_BYTES: &str = "longmem_state_cache_bytes";
 pub const STATE_CACHE_USERS: &str = "longmem_state_cache_users";
 pub const MODEL_INFO: &str = "longmem_model_info";
 pub const MODEL_RELOADS: &str = "longmem_model_reloads_total";
+pub const SHADOW_OVERLAP: &str = "longmem_model_shadow_top10_overlap";
+pub const SHADOW_P99_RATIO: &str = "longmem_model_shadow_p99_ratio";
 pub const CHANGELOG_RECORDS: &str = "longmem_changelog_records_produced_total";
 pub const RESTORING_PARTITIONS: &str = "longmem_changelog_restoring_partitions";
 pub const RESTORED_RECORDS: &str = "longmem_changelog_records_restored_total";
@@ -237,6 +239,14 @@ fn describe() {
         MODEL_INFO,
         "Models by name, version and role (live): 1 while the model holds the role, 0 after it was replaced."
     );
+    describe_gauge!(
+        SHADOW_OVERLAP,
+        "The last candidate's mean top-10 overlap with the live model over its shadow."
+    );
+    describe_gauge!(
+        SHADOW_P99_RATIO,
+        "The last candidate's p99 inference time per batch over the live model's, in its shadow."
+    );
     describe_counter!(
         MODEL_RELOADS,
         Unit::Count,
@@ -375,6 +385,12 @@ pub fn record_model(name: &str, version: &str, provider: &str) {
 pub fn record_model_role(name: &str, version: &str, role: &'static str, holds: bool) {
     gauge!(MODEL_INFO, "name" => name.to_string(), "version" => version.to_string(), "role" => role)
         .set(if holds { 1.0 } else { 0.0 });
+}
+
+/// What the last candidate's shadow showed against the live model.
+pub fn record_shadow(report: &crate::rollout::ShadowReport) {
+    gauge!(SHADOW_OVERLAP).set(report.top10_overlap);
+    gauge!(SHADOW_P99_RATIO).set(report.p99_ratio);
 }
 
 /// A model rollout's end: `promoted`, `checked`, `refused` or `rolled_back`.

@@ -18,17 +18,17 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::config::{Config, ModelMode};
+use crate::config::{Config, ModelMode, RolloutConfig, StatePrecision};
 use crate::event::{Event, EventType, ModelRef, UserEvent};
 use crate::memory::{Memories, StateCache, Store, StoreError, UserMemory};
 use crate::metrics;
 use crate::model::Model;
-use crate::recommend::{self, StateKeeping};
+use crate::recommend::{self, Answered, StateKeeping};
 use crate::supply::SkuMemory;
 
 /// Remembered users the self-test scores.
@@ -74,6 +74,9 @@ pub struct Outcome {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub self_test: Option<SelfTest>,
+    /// The candidate beside the live model on live batches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowReport>,
 }
 
 /// The candidate's self-test on remembered users.
@@ -107,6 +110,7 @@ impl Rollout {
             Desk {
                 asked,
                 loading: None,
+                shadow: None,
                 previous: None,
             },
         )
@@ -130,6 +134,8 @@ struct Loading {
 pub struct Desk {
     asked: mpsc::Receiver<Ask>,
     loading: Option<Loading>,
+    /// A candidate scoring live batches beside the live model.
+    shadow: Option<Shadow>,
     /// The model the last promotion replaced, kept loaded for a rollback.
     previous: Option<Model>,
 }
@@ -153,15 +159,9 @@ impl Desk {
     ) {
         while let Ok((command, reply)) = self.asked.try_recv() {
             match command {
-                Command::Roll(_) if self.loading.is_some() => {
-                    let _ = reply.send(
-                        self.refusal(
-                            live,
-                            None,
-                            "another model is being loaded and checked; ask again when it is done"
-                                .into(),
-                        ),
-                    );
+                Command::Roll(_) if self.loading.is_some() || self.shadow.is_some() => {
+                    let reason = "another candidate is being checked or is in shadow; ask again when it is done";
+                    let _ = reply.send(self.refusal(live, None, reason.into(), None, None));
                 }
                 Command::Roll(request) => {
                     tracing::info!(path = %request.path.display(), promote = request.promote, "loading a candidate model next to the live one");
@@ -175,7 +175,7 @@ impl Desk {
                         }
                         Err(e) => {
                             let reason = format!("cannot start the thread that loads it: {e}");
-                            let _ = reply.send(self.refusal(live, None, reason));
+                            let _ = reply.send(self.refusal(live, None, reason, None, None));
                         }
                     }
                 }
@@ -194,6 +194,7 @@ impl Desk {
                                 candidate: None,
                                 reason: None,
                                 self_test: None,
+                                shadow: None,
                             };
                             self.previous = Some(replaced);
                             outcome
@@ -203,6 +204,8 @@ impl Desk {
                             None,
                             "no previous model to roll back to: none was promoted since the start"
                                 .into(),
+                            None,
+                            None,
                         ),
                     };
                     let _ = reply.send(outcome);
@@ -218,46 +221,123 @@ impl Desk {
             let loaded = job
                 .join()
                 .unwrap_or_else(|_| Err("loading the candidate panicked".into()));
-            let outcome = match loaded {
+            match loaded {
                 Err(reason) => {
                     tracing::error!(path = %request.path.display(), %reason, "candidate model refused; the live model keeps serving");
-                    self.refusal(live, None, reason)
+                    let _ = reply.send(self.refusal(live, None, reason, None, None));
                 }
-                Ok((candidate, test)) if !request.promote => {
-                    tracing::info!(candidate = %candidate.manifest.name, version = %candidate.manifest.version, ?test, "candidate model checked; not promoted (promote = false)");
-                    metrics::record_model_reload("checked");
-                    Outcome {
-                        result: "checked",
-                        live: model_ref(live),
-                        previous: None,
-                        candidate: Some(model_ref(&candidate)),
-                        reason: None,
-                        self_test: Some(test),
-                    }
+                Ok((candidate, test)) if config.rollout.shadow_events == 0 => {
+                    let shadow = Shadow::new(candidate, test, request, reply, config);
+                    self.end_shadow(shadow, config, live, window_states);
                 }
                 Ok((candidate, test)) => {
-                    let replaced = std::mem::replace(live, candidate);
-                    window_states.clear();
-                    promote_metrics(&replaced, live);
-                    metrics::record_model_reload("promoted");
-                    tracing::info!(live = %live.manifest.name, version = %live.manifest.version, replaced = %replaced.manifest.name, replaced_version = %replaced.manifest.version, ?test, "candidate model promoted");
-                    let outcome = Outcome {
-                        result: "promoted",
-                        live: model_ref(live),
-                        previous: Some(model_ref(&replaced)),
-                        candidate: None,
-                        reason: None,
-                        self_test: Some(test),
-                    };
-                    self.previous = Some(replaced);
-                    outcome
+                    tracing::info!(candidate = %candidate.manifest.name, version = %candidate.manifest.version, events = config.rollout.shadow_events, "candidate model passed its self-test; scoring live batches in shadow");
+                    metrics::record_model_role(
+                        &candidate.manifest.name,
+                        &candidate.manifest.version,
+                        "shadow",
+                        true,
+                    );
+                    self.shadow = Some(Shadow::new(candidate, test, request, reply, config));
                 }
-            };
-            let _ = reply.send(outcome);
+            }
+        }
+        let shadow_done = self.shadow.as_ref().is_some_and(|s| {
+            s.events >= config.rollout.shadow_events
+                || s.started.elapsed() >= Duration::from_secs(config.rollout.shadow_max_s)
+        });
+        if shadow_done {
+            let shadow = self.shadow.take().expect("checked above");
+            self.end_shadow(shadow, config, live, window_states);
         }
     }
 
-    fn refusal(&self, live: &Model, candidate: Option<ModelRef>, reason: String) -> Outcome {
+    /// The candidate in shadow, if any: [`crate::pipeline`] has it score each batch beside the live
+    /// model ([`Shadow::score`]).
+    pub fn shadow(&mut self) -> Option<&mut Shadow> {
+        self.shadow.as_mut()
+    }
+
+    /// Judges a candidate's shadow against the limits, then promotes it, or refuses it, or (with
+    /// `promote: false`) only reports.
+    fn end_shadow(
+        &mut self,
+        shadow: Shadow,
+        config: &Config,
+        live: &mut Model,
+        window_states: &mut StateCache,
+    ) {
+        let report = shadow.report();
+        let Shadow {
+            model: candidate,
+            window_states: candidate_states,
+            test,
+            request,
+            reply,
+            ..
+        } = shadow;
+        metrics::record_model_role(
+            &candidate.manifest.name,
+            &candidate.manifest.version,
+            "shadow",
+            false,
+        );
+        if let Some(report) = &report {
+            metrics::record_shadow(report);
+        }
+        let breach = report.as_ref().and_then(|r| r.breach(&config.rollout));
+        if let Some(reason) = breach {
+            tracing::error!(candidate = %candidate.manifest.name, version = %candidate.manifest.version, %reason, ?report, "candidate model refused after its shadow; the live model keeps serving");
+            let _ = reply.send(self.refusal(
+                live,
+                Some(model_ref(&candidate)),
+                reason,
+                Some(test),
+                report,
+            ));
+            return;
+        }
+        if !request.promote {
+            tracing::info!(candidate = %candidate.manifest.name, version = %candidate.manifest.version, ?test, ?report, "candidate model checked; not promoted (promote = false)");
+            metrics::record_model_reload("checked");
+            let _ = reply.send(Outcome {
+                result: "checked",
+                live: model_ref(live),
+                previous: None,
+                candidate: Some(model_ref(&candidate)),
+                reason: None,
+                self_test: Some(test),
+                shadow: report,
+            });
+            return;
+        }
+        let replaced = std::mem::replace(live, candidate);
+        // The shadow's window states were computed by the candidate on the same memories: they
+        // stay valid, so the swap starts warm.
+        *window_states = candidate_states;
+        promote_metrics(&replaced, live);
+        metrics::record_model_reload("promoted");
+        tracing::info!(live = %live.manifest.name, version = %live.manifest.version, replaced = %replaced.manifest.name, replaced_version = %replaced.manifest.version, ?test, ?report, "candidate model promoted");
+        let _ = reply.send(Outcome {
+            result: "promoted",
+            live: model_ref(live),
+            previous: Some(model_ref(&replaced)),
+            candidate: None,
+            reason: None,
+            self_test: Some(test),
+            shadow: report,
+        });
+        self.previous = Some(replaced);
+    }
+
+    fn refusal(
+        &self,
+        live: &Model,
+        candidate: Option<ModelRef>,
+        reason: String,
+        self_test: Option<SelfTest>,
+        shadow: Option<ShadowReport>,
+    ) -> Outcome {
         metrics::record_model_reload("refused");
         Outcome {
             result: "refused",
@@ -265,7 +345,8 @@ impl Desk {
             previous: None,
             candidate,
             reason: Some(reason),
-            self_test: None,
+            self_test,
+            shadow,
         }
     }
 }
@@ -428,5 +509,272 @@ impl Memories for Remembered {
 
     fn sku(&self, _sku: &str, _location: &str) -> Result<Option<SkuMemory>, StoreError> {
         Ok(None)
+    }
+}
+
+/// A candidate scoring live micro-batches beside the live model, without publishing: the same
+/// events on the same memories, its own window-state cache, its answers compared and dropped.
+pub struct Shadow {
+    model: Model,
+    window_states: StateCache,
+    test: SelfTest,
+    request: RollRequest,
+    reply: oneshot::Sender<Outcome>,
+    started: Instant,
+    events: u64,
+    /// Per batch, milliseconds of inference: the live model's and the candidate's.
+    live_ms: Vec<f64>,
+    candidate_ms: Vec<f64>,
+    overlap_sum: f64,
+    compared: u64,
+    live_top_score_sum: f64,
+    candidate_top_score_sum: f64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// What a shadow showed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowReport {
+    pub events: u64,
+    pub batches: usize,
+    pub seconds: f64,
+    /// Mean share of the live model's top 10 that the candidate's top 10 also holds.
+    pub top10_overlap: f64,
+    pub live_p99_ms: f64,
+    pub candidate_p99_ms: f64,
+    /// The candidate's p99 time per batch over the live model's (both over the second half of the
+    /// batches, once the candidate's window states are warm).
+    pub p99_ratio: f64,
+    /// Mean score of the first recommended item: how the two models' scores sit.
+    pub live_mean_top_score: f64,
+    pub candidate_mean_top_score: f64,
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+impl ShadowReport {
+    /// Why the candidate must not serve, if it must not.
+    fn breach(&self, limits: &RolloutConfig) -> Option<String> {
+        if self.errors > 0 {
+            return Some(format!(
+                "it failed on {} of {} live batches in shadow: {}",
+                self.errors,
+                self.batches,
+                self.first_error.as_deref().unwrap_or("")
+            ));
+        }
+        if self.p99_ratio > limits.max_p99_ratio {
+            return Some(format!(
+                "its p99 time per batch in shadow was {:.1} ms against the live model's {:.1} ms \
+                 ({:.2}x; rollout.max_p99_ratio = {})",
+                self.candidate_p99_ms, self.live_p99_ms, self.p99_ratio, limits.max_p99_ratio
+            ));
+        }
+        if self.top10_overlap < limits.min_top10_overlap {
+            return Some(format!(
+                "its top 10 shared {:.1}% with the live model's in shadow (rollout.min_top10_overlap = {})",
+                self.top10_overlap * 100.0,
+                limits.min_top10_overlap
+            ));
+        }
+        None
+    }
+}
+
+fn p99(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let i = ((sorted.len() as f64 * 0.99).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+impl Shadow {
+    fn new(
+        model: Model,
+        test: SelfTest,
+        request: RollRequest,
+        reply: oneshot::Sender<Outcome>,
+        config: &Config,
+    ) -> Shadow {
+        Shadow {
+            model,
+            // A quarter of the live cache's budget: the shadow is short, and its RAM comes on top.
+            window_states: StateCache::new(
+                config.store.state_cache_bytes / 4,
+                config.store.state_precision,
+            ),
+            test,
+            request,
+            reply,
+            started: Instant::now(),
+            events: 0,
+            live_ms: Vec::new(),
+            candidate_ms: Vec::new(),
+            overlap_sum: 0.0,
+            compared: 0,
+            live_top_score_sum: 0.0,
+            candidate_top_score_sum: 0.0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    /// Scores one batch's user events as the live model just did (`live`, in `live_inference`)
+    /// and compares; nothing it computes is kept but its window states.
+    #[allow(clippy::too_many_arguments)]
+    pub fn score(
+        &mut self,
+        memories: &impl Memories,
+        events: &[Option<Event>],
+        live: &[Answered],
+        live_inference: Duration,
+        history_len: usize,
+        precision: StatePrecision,
+        exclude_seen: bool,
+    ) {
+        if live.is_empty() {
+            return;
+        }
+        let answered = recommend::answer(
+            &mut self.model,
+            memories,
+            events,
+            history_len,
+            StateKeeping {
+                precision,
+                cache: &mut self.window_states,
+            },
+            exclude_seen,
+        );
+        self.events += live.len() as u64;
+        let answered = match answered {
+            Ok(a) => a,
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| e.to_string());
+                return;
+            }
+        };
+        self.live_ms.push(live_inference.as_secs_f64() * 1e3);
+        self.candidate_ms
+            .push(answered.inference.as_secs_f64() * 1e3);
+        let theirs: std::collections::HashMap<usize, &[crate::event::ScoredItem]> = answered
+            .answers
+            .iter()
+            .map(|a| (a.message, a.items.as_slice()))
+            .collect();
+        for mine in live {
+            let Some(other) = theirs.get(&mine.message) else {
+                continue;
+            };
+            let top: std::collections::HashSet<&str> = mine
+                .items
+                .iter()
+                .take(10)
+                .map(|i| i.item_id.as_str())
+                .collect();
+            let shared = other
+                .iter()
+                .take(10)
+                .filter(|i| top.contains(i.item_id.as_str()))
+                .count();
+            self.overlap_sum += shared as f64 / top.len().max(1) as f64;
+            self.live_top_score_sum += mine.items.first().map_or(0.0, |i| i.score as f64);
+            self.candidate_top_score_sum += other.first().map_or(0.0, |i| i.score as f64);
+            self.compared += 1;
+        }
+    }
+
+    /// `None` before any batch was compared (a quiet input: nothing says it is worse).
+    fn report(&self) -> Option<ShadowReport> {
+        if self.candidate_ms.is_empty() && self.errors == 0 {
+            return None;
+        }
+        let compared = self.compared.max(1) as f64;
+        // Latency over the second half of the batches: in the first the candidate rebuilds every
+        // user's window state (a cold cache), which it keeps when promoted, so the half after it
+        // is what serving will cost.
+        let warm = self.candidate_ms.len() / 2;
+        let (live_p99, candidate_p99) = if self.candidate_ms.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (p99(&self.live_ms[warm..]), p99(&self.candidate_ms[warm..]))
+        };
+        Some(ShadowReport {
+            events: self.events,
+            batches: self.candidate_ms.len() + self.errors as usize,
+            seconds: self.started.elapsed().as_secs_f64(),
+            top10_overlap: self.overlap_sum / compared,
+            live_p99_ms: live_p99,
+            candidate_p99_ms: candidate_p99,
+            p99_ratio: if live_p99 > 0.0 {
+                candidate_p99 / live_p99
+            } else {
+                1.0
+            },
+            live_mean_top_score: self.live_top_score_sum / compared,
+            candidate_mean_top_score: self.candidate_top_score_sum / compared,
+            errors: self.errors,
+            first_error: self.first_error.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> ShadowReport {
+        ShadowReport {
+            events: 1000,
+            batches: 20,
+            seconds: 3.0,
+            top10_overlap: 0.4,
+            live_p99_ms: 10.0,
+            candidate_p99_ms: 15.0,
+            p99_ratio: 1.5,
+            live_mean_top_score: 5.0,
+            candidate_mean_top_score: 6.0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn a_shadow_passes_within_the_limits_and_names_the_one_it_breaks() {
+        let limits = RolloutConfig::default();
+        assert_eq!(report().breach(&limits), None);
+        let slow = ShadowReport {
+            p99_ratio: 2.5,
+            candidate_p99_ms: 25.0,
+            ..report()
+        };
+        assert!(slow.breach(&limits).unwrap().contains("max_p99_ratio"));
+        let failing = ShadowReport {
+            errors: 2,
+            first_error: Some("inference failed".into()),
+            ..report()
+        };
+        assert!(failing
+            .breach(&limits)
+            .unwrap()
+            .contains("inference failed"));
+        let strict = RolloutConfig {
+            min_top10_overlap: 0.5,
+            ..RolloutConfig::default()
+        };
+        assert!(report()
+            .breach(&strict)
+            .unwrap()
+            .contains("min_top10_overlap"));
+    }
+
+    #[test]
+    fn p99_is_the_value_below_which_99_percent_lie() {
+        let values: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert_eq!(p99(&values), 198.0);
+        assert_eq!(p99(&[3.0]), 3.0);
     }
 }

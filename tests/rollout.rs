@@ -61,8 +61,10 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let mut text = std::fs::read_to_string(&config).unwrap();
+    // SASRec's step costs about twice GRU4Rec's per batch: allow it (the limit's refusal is the
+    // next test's).
     text.push_str(&format!(
-        "[admin]\nlisten = \"{admin_addr}\"\ntoken_file = \"{}\"\n",
+        "[admin]\nlisten = \"{admin_addr}\"\ntoken_file = \"{}\"\n[rollout]\nmax_p99_ratio = 6.0\n",
         token_file.display()
     ));
     std::fs::write(&config, &text).unwrap();
@@ -129,7 +131,25 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
         test["step_full_same_top10"].as_f64().unwrap() >= 0.99,
         "{answer}"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // It scored live batches in shadow first (rollout.shadow_events, default 1,000).
+    let shadow = &answer["shadow"];
+    assert!(shadow["events"].as_u64().unwrap() > 0, "{answer}");
+    let overlap = shadow["top10_overlap"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&overlap), "{answer}");
+    assert!(
+        shadow["candidate_p99_ms"].as_f64().unwrap() > 0.0,
+        "{answer}"
+    );
+    assert_eq!(shadow["errors"], 0);
+
+    // Shadow only: compare sasrec on live traffic without promoting it.
+    let body = serde_json::json!({ "path": repo().join("models/sasrec-ml100k"), "promote": false });
+    let (code, answer) = post(&admin_addr, "/admin/model", &body.to_string(), Some(TOKEN));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["result"], "checked", "{answer}");
+    assert_eq!(answer["live"]["name"], "gru4rec-ml100k", "not promoted");
+    assert_eq!(answer["candidate"]["name"], "sasrec-ml100k");
+    assert!(answer["shadow"]["events"].as_u64().unwrap() > 0, "{answer}");
 
     // 2. By SIGHUP: back to the config file's model (sasrec).
     // SAFETY: a signal to our own child.
@@ -239,4 +259,60 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
         }
     }
     assert_eq!(stage, order.len() - 1, "every rollout answered some events");
+}
+
+#[test]
+fn a_candidate_that_fails_its_shadow_is_refused_and_the_live_model_keeps_answering() {
+    let broker = Broker::start();
+    let topics = Topics::create(&broker, "shadowfail", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, metrics_addr) = write_config(dir.path(), &broker, &topics, "shadowfail", 64);
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    // Two different models agree on far less than 99% of their top 10.
+    text.push_str(&format!(
+        "[admin]\nlisten = \"{admin_addr}\"\n[rollout]\nshadow_events = 300\nmin_top10_overlap = 0.99\n"
+    ));
+    std::fs::write(&config, &text).unwrap();
+    let daemon = Daemon::start(&config);
+    wait_for("the daemon to be ready", Duration::from_secs(60), || {
+        http_get(&metrics_addr, "/readyz").filter(|(code, _)| *code == 200)
+    });
+    let messages = movielens_messages(3_000);
+    let producing = {
+        let producer = broker.producer();
+        let topic = topics.input.clone();
+        let messages = messages.clone();
+        std::thread::spawn(move || {
+            for chunk in messages.chunks(100) {
+                produce_with(&producer, &topic, chunk);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let gru4rec = repo().join("models/gru4rec-ml100k");
+    let (code, answer) = post(&admin_addr, "/admin/model", &roll_body(&gru4rec), None);
+    assert_eq!(code, 409, "{answer}");
+    assert_eq!(answer["result"], "refused");
+    assert_eq!(answer["live"]["name"], "sasrec-ml100k");
+    assert!(
+        answer["reason"].as_str().unwrap().contains("top 10 shared"),
+        "{answer}"
+    );
+    assert!(answer["shadow"]["top10_overlap"].as_f64().unwrap() < 0.99);
+    producing.join().unwrap();
+    let mut recs = Vec::new();
+    let mut reader = broker.reader(&topics.recommendations);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while recs.len() < messages.len() && Instant::now() < deadline {
+        reader.poll_into(&mut recs, Duration::from_secs(1));
+    }
+    daemon.stop();
+    assert_eq!(answered_sources(&recs).len(), messages.len());
+    assert!(
+        recs.iter()
+            .all(|r| r.json()["model"]["name"] == "sasrec-ml100k"),
+        "only the live model published"
+    );
 }

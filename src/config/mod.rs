@@ -65,6 +65,37 @@ pub struct Config {
     pub supply: SupplyConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+}
+
+/// How a candidate model earns promotion ([`crate::rollout`]): after its self-test it scores live
+/// micro-batches beside the live model, without publishing, and is refused past these limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// Live events the candidate scores in shadow before it is promoted (0: promote right after
+    /// the self-test).
+    pub shadow_events: u64,
+    /// The shadow ends after this many seconds even with fewer events (a quiet input).
+    pub shadow_max_s: u64,
+    /// Refuse a candidate whose p99 time per micro-batch in shadow is above this multiple of the
+    /// live model's on the same batches.
+    pub max_p99_ratio: f64,
+    /// Refuse a candidate whose mean top-10 overlap with the live model is below this share
+    /// (0: report it only; a better model may well disagree).
+    pub min_top10_overlap: f64,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            shadow_events: 1000,
+            shadow_max_s: 30,
+            max_p99_ratio: 2.0,
+            min_top10_overlap: 0.0,
+        }
+    }
 }
 
 /// The admin API (model rollouts, [`crate::admin`]): off unless `listen` is set.

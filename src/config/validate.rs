@@ -12,6 +12,18 @@ impl Config {
                 "is empty; give host:port of at least one broker",
             ));
         }
+        if self.rollout.max_p99_ratio.is_nan() || self.rollout.max_p99_ratio <= 0.0 {
+            errors.push(key_error(
+                "rollout.max_p99_ratio",
+                "must be above 0 (2.0: a candidate may take up to twice the live model's p99)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.rollout.min_top10_overlap) {
+            errors.push(key_error(
+                "rollout.min_top10_overlap",
+                "is a share of the top 10: between 0 and 1",
+            ));
+        }
         if self.admin.listen.as_deref() == Some(self.metrics.listen.as_str()) {
             errors.push(key_error(
                 "admin.listen",

@@ -41,7 +41,7 @@ use crate::metrics::{self, Health, Stage};
 use crate::model::forecaster::Forecaster;
 use crate::model::{Model, ModelError};
 use crate::recommend;
-use crate::rollout::Desk;
+use crate::rollout::{Desk, Shadow};
 use crate::shutdown::Shutdown;
 use crate::sink::{Output, Sink, SinkError};
 use crate::source::{Source, SourceError};
@@ -286,7 +286,8 @@ fn run_inner(
             if !batch.is_empty() {
                 stats.busy_begin();
                 seq += 1;
-                let prepared = match worker.prepare(&batch, seq) {
+                let shadow = rollout.as_mut().and_then(|desk| desk.shadow());
+                let prepared = match worker.prepare(&batch, seq, shadow) {
                     Ok(p) => p,
                     Err(e) => {
                         stats.busy_end();

@@ -19,10 +19,12 @@ pub(super) struct Worker<'a> {
 impl Worker<'_> {
     /// Steps 2–4 and the outputs of step 5: decodes, answers and assesses one batch on the
     /// memories as the batches before it left them (pending ones included).
+    /// A candidate model in `shadow` scores the same events beside the live one, unpublished.
     pub(super) fn prepare(
         &mut self,
         batch: &[InMessage],
         seq: u64,
+        shadow: Option<&mut Shadow>,
     ) -> Result<Prepared, PipelineError> {
         metrics::record_batch_size(batch.len());
         let now = now_ms();
@@ -71,6 +73,18 @@ impl Worker<'_> {
         let memory_time = t.elapsed().saturating_sub(outcome.inference);
         metrics::record_stage(Stage::Memory, memory_time);
         self.stats.add_stage(Stage::Memory, memory_time);
+        if let Some(shadow) = shadow {
+            // On the memories the live model just read: nothing of this batch is applied yet.
+            shadow.score(
+                &memories_view,
+                &events,
+                &outcome.answers,
+                outcome.inference,
+                self.config.store.history_len,
+                self.config.store.state_precision,
+                self.config.model.exclude_seen,
+            );
+        }
         let rows = outcome.answers;
         let memories = outcome.memories;
         let supply = match self.supply.as_mut() {
