@@ -1,15 +1,19 @@
 """What the Python benchmarks share: a tansu broker on 127.0.0.1, topics, the release daemon with a
 config of its own, and readings of a process (/proc) and of the daemon's /metrics page."""
+import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MOVIELENS = os.path.join(REPO, "..", "shared", "data", "seqrec", "recbole_ml100k", "ml-100k.inter")
 
 
 def free_port():
@@ -29,6 +33,45 @@ def start_tansu():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
     return bootstrap, broker
+
+
+def broker(brokers=None):
+    """(bootstrap address, the tansu process or None): `brokers` when given, else a tansu started here."""
+    if brokers:
+        return brokers, None
+    return start_tansu()
+
+
+def movielens_events(path=MOVIELENS, limit=None):
+    """(user, item, timestamp in ms) of MovieLens-100k's ratings, ordered by time (ties in file order)."""
+    rows = []
+    with open(path) as f:
+        next(f)  # header
+        for line in f:
+            user, item, _rating, ts = line.rstrip("\n").split("\t")
+            rows.append((user, item, int(float(ts)) * 1000))
+    rows.sort(key=lambda r: r[2])  # stable
+    return rows[:limit]
+
+
+def click(user, item, timestamp_ms):
+    return {"event_type": "click", "user_id": user, "item_id": item, "timestamp_ms": timestamp_ms}
+
+
+def produce_all(bootstrap, topic, keyed_events):
+    """Produces (key, event) pairs as JSON and waits until every one is delivered."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "none",
+                         "queue.buffering.max.messages": 1_000_000})
+    for key, event in keyed_events:
+        while True:
+            try:
+                producer.produce(topic, json.dumps(event).encode(), key.encode())
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    if producer.flush(300) != 0:
+        sys.exit("the producer could not deliver every event")
 
 
 def create_topics(bootstrap, names, partitions):

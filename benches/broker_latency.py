@@ -16,7 +16,7 @@ import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench_support import create_topics, start_tansu
+from bench_support import broker, create_topics
 
 
 def main():
@@ -28,11 +28,7 @@ def main():
     p.add_argument("--brokers", help="an existing Kafka (host:port); default: start tansu")
     args = p.parse_args()
 
-    broker = None
-    if args.brokers:
-        bootstrap = args.brokers
-    else:
-        bootstrap, broker = start_tansu()
+    bootstrap, tansu = broker(args.brokers)
     topic = f"broker-latency-{os.getpid()}"
     try:
         create_topics(bootstrap, [topic], args.partitions)
@@ -67,8 +63,8 @@ def main():
         producing.join()
         consumer.close()
     finally:
-        if broker:
-            broker.kill()
+        if tansu:
+            tansu.kill()
     if not latencies:
         raise SystemExit("nothing came back from the broker")
     latencies.sort()

@@ -18,10 +18,8 @@ import sys
 import tempfile
 import time
 
-from confluent_kafka import Producer
-
-from bench_support import (REPO, create_topics, du_bytes, free_port, metric, rss_mib, start_daemon, start_tansu,
-                           write_daemon_config)
+from bench_support import (REPO, broker, click, create_topics, du_bytes, free_port, metric, produce_all, rss_mib,
+                           start_daemon, write_daemon_config)
 
 
 def write_config(config, work, bootstrap, run, topics, args, metrics_addr):
@@ -86,34 +84,18 @@ def main():
                         "and restores their memory from the changelog; prints how long that took")
     args = p.parse_args()
 
-    broker = None
-    if args.brokers:
-        bootstrap = args.brokers
-    else:
-        bootstrap, broker = start_tansu()
+    bootstrap, tansu = broker(args.brokers)
     run = f"flood-{os.getpid()}"
     topics = {k: f"{run}.{k}" for k in ("events", "recommendations", "alerts", "dead-letter")}
     create_topics(bootstrap, topics.values(), args.partitions)
 
     items = open(os.path.join(REPO, args.model, "items.txt")).read().split()
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "none",
-                         "queue.buffering.max.messages": 1_000_000})
     rng = random.Random(7)
     now = int(time.time() * 1000)
     t0 = time.time()
-    for _round in range(args.events_per_user):
-        for u in range(args.users):
-            user = f"flood-{u}"
-            event = {"event_type": "click", "user_id": user, "item_id": rng.choice(items), "timestamp_ms": now}
-            while True:
-                try:
-                    producer.produce(topics["events"], json.dumps(event).encode(), user.encode())
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-            producer.poll(0)
-    if producer.flush(300) != 0:
-        sys.exit("the producer could not deliver every event")
+    produce_all(bootstrap, topics["events"],
+                ((f"flood-{u}", click(f"flood-{u}", rng.choice(items), now))
+                 for _round in range(args.events_per_user) for u in range(args.users)))
     events = args.users * args.events_per_user
     print(f"produced {events} events over {args.users} users in {time.time() - t0:.1f} s", flush=True)
 
@@ -154,8 +136,8 @@ def main():
             daemon.wait(30)
         except subprocess.TimeoutExpired:
             daemon.kill()
-        if broker:
-            broker.kill()
+        if tansu:
+            tansu.kill()
         subprocess.run(["rm", "-rf", work])
 
 

@@ -20,40 +20,10 @@ import sys
 import tempfile
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from bench_support import (REPO, cpu_seconds, create_topics, free_port, rss_mib, start_daemon, start_tansu, stop,
-                           write_daemon_config)
-
-DATA = os.path.join(REPO, "..", "shared", "data", "seqrec", "recbole_ml100k", "ml-100k.inter")
-
-
-def read_events(path, limit):
-    """(user, item, timestamp in ms) of MovieLens-100k's ratings, ordered by time (ties in file order)."""
-    rows = []
-    with open(path) as f:
-        next(f)  # header
-        for line in f:
-            user, item, _rating, ts = line.rstrip("\n").split("\t")
-            rows.append((user, item, int(float(ts)) * 1000))
-    rows.sort(key=lambda r: r[2])  # stable
-    return rows[:limit]
-
-
-def produce(bootstrap, topic, rows):
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "queue.buffering.max.messages": 1_000_000})
-    for user, item, ts in rows:
-        event = {"event_type": "click", "user_id": user, "item_id": item, "timestamp_ms": ts}
-        while True:
-            try:
-                producer.produce(topic, json.dumps(event).encode(), user.encode())
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-    if producer.flush(300) != 0:
-        sys.exit("the producer could not deliver every event")
-
+from bench_support import (MOVIELENS, REPO, click, cpu_seconds, create_topics, free_port, movielens_events, produce_all,
+                           rss_mib, start_daemon, start_tansu, stop, write_daemon_config)
 
 def wait_for_outputs(bootstrap, topic, partitions, expected, process, timeout):
     """Reads `topic` until `expected` records came; returns when the first and the last were read
@@ -87,13 +57,13 @@ def main():
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--model", default="models/sasrec-ml100k")
     p.add_argument("--binary", default=os.path.join(REPO, "target/release/longmem"))
-    p.add_argument("--data", default=DATA)
+    p.add_argument("--data", default=MOVIELENS)
     p.add_argument("--timeout", type=float, default=1800, help="seconds each contender may take")
     p.add_argument("--contenders", default="quix,longmem-step,longmem-full",
                    help="comma-separated, of quix, longmem-step, longmem-full")
     args = p.parse_args()
 
-    rows = read_events(args.data, args.events)
+    rows = movielens_events(args.data, args.events)
     bootstrap, broker = start_tansu()
     work = tempfile.mkdtemp(prefix="longmem-quix-")
     run = f"quix-{os.getpid()}"
@@ -103,7 +73,7 @@ def main():
     results = []
     try:
         create_topics(bootstrap, [events_topic, *outputs.values()], args.partitions)
-        produce(bootstrap, events_topic, rows)
+        produce_all(bootstrap, events_topic, ((user, click(user, item, ts)) for user, item, ts in rows))
         print(f"produced {len(rows)} events over {len({r[0] for r in rows})} users", flush=True)
         for name in contenders:
             started = time.time()

@@ -28,21 +28,8 @@ import urllib.request
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench_support import REPO, create_topics, free_port, start_daemon, start_tansu, stop, write_daemon_config
-
-DATA = os.path.join(REPO, "..", "shared", "data", "seqrec", "recbole_ml100k", "ml-100k.inter")
-
-
-def events(path):
-    rows = []
-    with open(path) as f:
-        next(f)
-        for line in f:
-            user, item, _rating, ts = line.rstrip("\n").split("\t")
-            rows.append((user, item, int(float(ts)) * 1000))
-    rows.sort(key=lambda r: r[2])
-    return rows
-
+from bench_support import (REPO, click, create_topics, free_port, movielens_events, start_daemon, start_tansu, stop,
+                           write_daemon_config)
 
 def post(addr, path, body):
     request = urllib.request.Request(f"http://{addr}{path}", data=json.dumps(body).encode(), method="POST",
@@ -68,7 +55,7 @@ def main():
     p.add_argument("--binary", default=os.path.join(REPO, "target/release/longmem"))
     args = p.parse_args()
 
-    rows = events(DATA)
+    rows = movielens_events()
     bootstrap, broker = start_tansu()
     work = tempfile.mkdtemp(prefix="longmem-rollout-")
     run = f"rollout-{os.getpid()}"
@@ -92,8 +79,7 @@ def main():
                 due = int((time.time() - started) * args.rate)
                 while sent < due:
                     user, item, ts = rows[sent % len(rows)]
-                    event = {"event_type": "click", "user_id": user, "item_id": item, "timestamp_ms": ts}
-                    producer.produce(topics["events"], json.dumps(event).encode(), user.encode())
+                    producer.produce(topics["events"], json.dumps(click(user, item, ts)).encode(), user.encode())
                     sent += 1
                 producer.poll(0)
                 time.sleep(0.002)
