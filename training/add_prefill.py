@@ -37,7 +37,8 @@ def main():
             sys.exit(f"{model_dir}: the data at {manifest['training']['data']} is not what the model was trained on")
         span = a["span"] or 25
         model = RECOMMENDERS[a["model"]](manifest["n_items"], window=a["window"], dim=a["dim"], layers=a["layers"],
-                                         heads=a["heads"], span=span, slots=a["slots"], dropout=a["dropout"])
+                                         heads=a["heads"], span=span, slots=a["slots"], dropout=a["dropout"],
+                                         separate_output=a.get("separate_output", False))
         graph = onnx.load(os.path.join(model_dir, manifest["model_file"]))
         weights = {t.name[len("model."):]: torch.from_numpy(numpy_helper.to_array(t).copy())
                    for t in graph.graph.initializer if t.name.startswith("model.")}

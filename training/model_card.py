@@ -62,6 +62,8 @@ def recommender_card(m, r):
     span = a["span"] or {"sasrec": 25, "memory": 8}.get(kind, 1)
     arch = ARCHITECTURE[kind].format(layers=a["layers"], dim=a["dim"], heads=a["heads"], ff=2 * a["dim"],
                                      dropout=a["dropout"], span=span, window=a["window"], slots=a["slots"])
+    if a.get("separate_output"):
+        arch += "; items scored with an output embedding table of their own"
     state = ", ".join(f"`{s['name']}` {s['shape']}" for s in m["step"]["state"])
     if a.get("loss") == "gbce":
         negatives = f"gBCE (t = {a['gbce_t']}), {a['negatives']} uniform negatives per batch"
@@ -128,6 +130,8 @@ def forecaster_card(m, r):
     rows = [("LSTM (this model)", r["lstm"]), ("seasonal naive (last week repeated)", r["seasonal_naive"]),
             ("simple exponential smoothing", r["exponential_smoothing"])]
     c = r["cpu_cost"]
+    if a.get("separate_output"):
+        arch += "; items scored with an output embedding table of their own"
     state = ", ".join(f"`{s['name']}` {s['shape']}" for s in m["step"]["state"])
     lines = [
         f"# {m['name']}",

@@ -65,6 +65,8 @@ def main():
                         "gbce: gSASRec's generalised binary cross-entropy against the sampled negatives")
     p.add_argument("--negatives", type=int, default=256, help="sampled negatives per step; 0 = softmax over every item")
     p.add_argument("--gbce-t", type=float, default=0.75, help="gBCE's calibration t in [0, 1] (0: plain BCE)")
+    p.add_argument("--separate-output", action="store_true",
+                   help="score items with an embedding table of their own instead of the input embeddings")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--epochs", type=int, default=200)
@@ -86,7 +88,8 @@ def main():
     name = args.name or f"{args.model}-{ds.name.split('.')[0].lower()}"
     span = args.span or {"sasrec": 25, "memory": 8}.get(args.model, 1)
     model = RECOMMENDERS[args.model](ds.n_items, window=args.window, dim=args.dim, layers=args.layers,
-                                     heads=args.heads, span=span, slots=args.slots, dropout=args.dropout)
+                                     heads=args.heads, span=span, slots=args.slots, dropout=args.dropout,
+                                     separate_output=args.separate_output)
     windows = torch.tensor(D.training_windows(train, args.window))
     lengths = (windows > 0).sum(1)
     # Each batch's summed loss is divided by the average number of predictions per batch, so every

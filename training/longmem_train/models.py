@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 
 def item_embedding(n_items, dim):
-    """Item embeddings, shared by input and output. A small init matters: with nn.Embedding's N(0, 1)
+    """Item embeddings (the input table, and the output one unless a model has its own). A small init matters: with nn.Embedding's N(0, 1)
     and the input scaled by sqrt(dim), initial logits are in the tens, the softmax saturates and
     training crawls (measured on ML-100k: validation HR@10 0.015 vs 0.13 after 8 epochs)."""
     emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
@@ -28,6 +28,12 @@ def item_embedding(n_items, dim):
     with torch.no_grad():
         emb.weight[0].zero_()
     return emb
+
+
+def output_embedding(model):
+    """The table items are scored with: the input embeddings (tied, the default) or, with
+    `separate_output`, a table of its own (as gSASRec's reference implementation scores)."""
+    return model.out_emb if model.out_emb is not None else model.item_emb
 
 
 def alibi_slopes(heads):
@@ -73,11 +79,12 @@ class Block(nn.Module):
 class SASRec(nn.Module):
     kind = "sasrec"
 
-    def __init__(self, n_items, window=50, dim=64, layers=2, heads=2, span=25, dropout=0.2, **_):
+    def __init__(self, n_items, window=50, dim=64, layers=2, heads=2, span=25, dropout=0.2, separate_output=False, **_):
         super().__init__()
         assert window >= layers * (span - 1) + 1, "the window must cover every layer's span"
         self.n_items, self.window, self.dim, self.layers, self.heads, self.span = n_items, window, dim, layers, heads, span
         self.item_emb = item_embedding(n_items, dim)
+        self.out_emb = item_embedding(n_items, dim) if separate_output else None
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
@@ -121,7 +128,7 @@ class SASRec(nn.Module):
         return torch.stack(ks), torch.stack(vs), mask
 
     def scores(self, hidden):
-        return F.linear(hidden, self.item_emb.weight)  # exports as one Gemm, no transposed copy
+        return F.linear(hidden, output_embedding(self).weight)  # exports as one Gemm, no transposed copy
 
     # --- state for the step graph ---
     def state_shapes(self, batch):
@@ -148,10 +155,11 @@ class SASRec(nn.Module):
 class GRU4Rec(nn.Module):
     kind = "gru4rec"
 
-    def __init__(self, n_items, window=50, dim=64, dropout=0.2, **_):
+    def __init__(self, n_items, window=50, dim=64, dropout=0.2, separate_output=False, **_):
         super().__init__()
         self.n_items, self.window, self.dim = n_items, window, dim
         self.item_emb = item_embedding(n_items, dim)
+        self.out_emb = item_embedding(n_items, dim) if separate_output else None
         self.cell = nn.GRUCell(dim, dim)
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
@@ -168,7 +176,7 @@ class GRU4Rec(nn.Module):
         return self.norm(self.drop(torch.stack(out, dim=1)))
 
     def scores(self, hidden):
-        return F.linear(hidden, self.item_emb.weight)  # exports as one Gemm, no transposed copy
+        return F.linear(hidden, output_embedding(self).weight)  # exports as one Gemm, no transposed copy
 
     def state_shapes(self, batch):
         return {"hidden": (batch, self.dim)}
@@ -186,10 +194,11 @@ class MemoryRec(nn.Module):
     stays a few kilobytes."""
     kind = "memory"
 
-    def __init__(self, n_items, window=50, dim=64, heads=2, span=8, slots=4, dropout=0.2, **_):
+    def __init__(self, n_items, window=50, dim=64, heads=2, span=8, slots=4, dropout=0.2, separate_output=False, **_):
         super().__init__()
         self.n_items, self.window, self.dim, self.heads, self.span, self.slots = n_items, window, dim, heads, span, slots
         self.item_emb = item_embedding(n_items, dim)
+        self.out_emb = item_embedding(n_items, dim) if separate_output else None
         self.block = Block(dim, heads, dropout)
         self.write_key = nn.Linear(dim, dim)
         self.erase = nn.Linear(dim, dim)
@@ -236,7 +245,7 @@ class MemoryRec(nn.Module):
         return self.norm(self.drop(torch.stack(out, dim=1)))
 
     def scores(self, hidden):
-        return F.linear(hidden, self.item_emb.weight)  # exports as one Gemm, no transposed copy
+        return F.linear(hidden, output_embedding(self).weight)  # exports as one Gemm, no transposed copy
 
     def state_shapes(self, batch):
         s = (batch, self.heads, self.span - 1, self.dim // self.heads)
@@ -308,7 +317,7 @@ def sampled_logits(model, batch, negatives):
     item is masked to -inf), and the mask of positions with a next item."""
     inp, pos = batch[:, :-1], batch[:, 1:]
     hidden = model.encode(inp)                                                   # [B, W, D]
-    emb = model.item_emb
+    emb = output_embedding(model)
     neg = torch.randint(1, model.n_items + 1, (negatives,), device=batch.device)
     pos_logit = (hidden * emb(pos)).sum(-1)                                      # [B, W]
     neg_logit = hidden @ emb(neg).T                                              # [B, W, N]
@@ -325,7 +334,7 @@ def sampled_softmax_loss(model, batch, negatives):
         inp, pos = batch[:, :-1], batch[:, 1:]
         hidden = model.encode(inp)                                               # [B, W, D]
         real = pos > 0
-        logits = F.linear(hidden[real], model.item_emb.weight[1:])               # [R, n_items]
+        logits = F.linear(hidden[real], output_embedding(model).weight[1:])     # [R, n_items]
         return F.cross_entropy(logits, pos[real] - 1, reduction="sum"), int(real.sum())
     pos_logit, neg_logit, real = sampled_logits(model, batch, negatives)
     logits = torch.cat([pos_logit.unsqueeze(-1), neg_logit], dim=-1)

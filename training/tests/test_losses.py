@@ -24,7 +24,7 @@ class Objectives(unittest.TestCase):
         """A stand-in recommender: its hidden state is the input item's embedding."""
         torch.manual_seed(0)
         emb = torch.nn.Embedding(n_items + 1, dim)
-        return types.SimpleNamespace(item_emb=emb, n_items=n_items, encode=lambda seq: emb(seq))
+        return types.SimpleNamespace(item_emb=emb, out_emb=None, n_items=n_items, encode=lambda seq: emb(seq))
 
     def test_beta_spans_plain_bce_to_full_correction(self):
         self.assertAlmostEqual(gbce_beta(256, 3417, 0.0), 1.0)

@@ -66,9 +66,10 @@ class OneEpoch(unittest.TestCase):
         self.assertEqual(manifest["step"]["history"], "all")
         self.assertIn("prefill", manifest["step"])
 
-    def test_sasrec_gbce(self):
-        manifest = self.check("sasrec", ["--loss", "gbce", "--gbce-t", "0.75"])
+    def test_sasrec_gbce_with_its_own_output_embeddings(self):
+        manifest = self.check("sasrec", ["--loss", "gbce", "--gbce-t", "0.75", "--separate-output"])
         self.assertEqual(manifest["training"]["args"]["loss"], "gbce")
+        self.assertTrue(manifest["training"]["args"]["separate_output"])
 
     def test_gru4rec(self):
         self.check("gru4rec")
