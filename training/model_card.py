@@ -130,8 +130,6 @@ def forecaster_card(m, r):
     rows = [("LSTM (this model)", r["lstm"]), ("seasonal naive (last week repeated)", r["seasonal_naive"]),
             ("simple exponential smoothing", r["exponential_smoothing"])]
     c = r["cpu_cost"]
-    if a.get("separate_output"):
-        arch += "; items scored with an output embedding table of their own"
     state = ", ".join(f"`{s['name']}` {s['shape']}" for s in m["step"]["state"])
     lines = [
         f"# {m['name']}",
