@@ -315,6 +315,7 @@ impl Desk {
         // The shadow's window states were computed by the candidate on the same memories: they
         // stay valid, so the swap starts warm.
         *window_states = candidate_states;
+        window_states.set_budget(config.store.state_cache_bytes);
         promote_metrics(&replaced, live);
         metrics::record_model_reload("promoted");
         tracing::info!(live = %live.manifest.name, version = %live.manifest.version, replaced = %replaced.manifest.name, replaced_version = %replaced.manifest.version, ?test, ?report, "candidate model promoted");

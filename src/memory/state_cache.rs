@@ -82,6 +82,17 @@ impl StateCache {
         }
     }
 
+    /// A new budget (a shadow's cache becoming the live one); a smaller one evicts at once.
+    pub fn set_budget(&mut self, budget: u64) {
+        self.budget = usize::try_from(budget).unwrap_or(usize::MAX);
+        while self.used > self.budget {
+            let Some((evicted, entry)) = self.entries.pop_lru() else {
+                break;
+            };
+            self.used -= entry.cost(&evicted);
+        }
+    }
+
     /// Drops every entry (another model takes over: its states differ).
     pub fn clear(&mut self) {
         self.entries.clear();
@@ -105,6 +116,25 @@ impl StateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_budget_keeps_what_fits_and_evicts_the_rest() {
+        let mut cache = StateCache::new(1 << 20, StatePrecision::F32);
+        for (i, user) in ["a", "b", "c"].iter().enumerate() {
+            cache.put(user, &memory(i as u64 + 1), vec![vec![0.5; 1000]]);
+        }
+        assert_eq!(cache.len(), 3);
+        let one = cache.bytes() / 3;
+        cache.set_budget(4 << 20);
+        assert_eq!(cache.len(), 3, "a larger budget keeps everything");
+        cache.set_budget((one + one / 2) as u64);
+        assert_eq!(
+            cache.len(),
+            1,
+            "a smaller one evicts the least recently used"
+        );
+        assert!(cache.get("c", &memory(3)).is_some());
+    }
 
     fn memory(events: u64) -> UserMemory {
         UserMemory {
