@@ -103,11 +103,16 @@ impl Broker {
         let binary = std::env::var_os("LONGMEM_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(".tools/bin/tansu"));
+        Broker::tansu_at(&binary)
+    }
+
+    /// [`Broker::tansu`] with the tansu binary at `binary`.
+    pub fn tansu_at(binary: &std::path::Path) -> anyhow::Result<Broker> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&binary)
+        let child = Command::new(binary)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
@@ -124,10 +129,20 @@ impl Broker {
             embedded: None,
             process: Some(child),
         };
+        // Ready once it answers a metadata request: an open port alone may not answer yet.
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &broker.bootstrap)
+            .create()?;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&broker.bootstrap).is_err() {
+        while probe
+            .fetch_metadata(None, Duration::from_millis(500))
+            .is_err()
+        {
             if Instant::now() > deadline {
-                bail!("tansu did not open {} within 20 s", broker.bootstrap);
+                bail!(
+                    "tansu at {} did not answer metadata requests within 20 s",
+                    broker.bootstrap
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

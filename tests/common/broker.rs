@@ -1,6 +1,5 @@
 //! The broker: tansu on a free port, topics named after each test, and feeding them.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -12,48 +11,21 @@ use rdkafka::ClientConfig;
 
 use super::{free_port, tool, wait_for, Reader, Record};
 
-/// A tansu broker with in-memory storage, on a free port.
+/// A tansu broker with in-memory storage, on a free port: the one `longmem bench` starts.
 pub struct Broker {
-    child: Child,
+    _tansu: longmem::tools::harness::Broker,
     pub bootstrap: String,
 }
 
 impl Broker {
     pub fn start() -> Broker {
-        let tansu = tool("LONGMEM_TANSU", ".tools/bin/tansu");
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let broker = Broker {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
-        };
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &broker.bootstrap)
-            .create()
-            .unwrap();
-        wait_for(
-            "the broker to answer metadata requests",
-            Duration::from_secs(20),
-            || {
-                consumer
-                    .fetch_metadata(None, Duration::from_millis(500))
-                    .ok()
-            },
-        );
-        broker
+        let binary = tool("LONGMEM_TANSU", ".tools/bin/tansu");
+        let tansu =
+            longmem::tools::harness::Broker::tansu_at(&binary).unwrap_or_else(|e| panic!("{e:#}"));
+        Broker {
+            bootstrap: tansu.bootstrap.clone(),
+            _tansu: tansu,
+        }
     }
 
     pub fn create_topic(&self, name: &str, partitions: i32) {
@@ -132,13 +104,6 @@ impl Broker {
         }
         consumer.assign(&tpl).unwrap();
         Reader { consumer }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
