@@ -481,9 +481,7 @@ pub fn restore(
         return Ok(done);
     }
     consumer.assign(&tpl).map_err(read_error(first_partition))?;
-    read_to_end(&consumer, topic, &mut readings, keep_going, &mut |chunk| {
-        chunk.apply(store, topic)
-    })?;
+    read_to_end(&consumer, store, topic, &mut readings, keep_going)?;
     // One fsync for the whole restore: a sled batch is atomic, so a crash before it leaves a
     // prefix of the chunks with their positions, and the next restore continues from there.
     store.flush()?;
@@ -492,13 +490,13 @@ pub fn restore(
 }
 
 /// Polls the changelog partitions of `readings` until their ends (or `keep_going` turns false),
-/// handing each partition's records to `apply` once they are covered by their batch's marker.
+/// applying each partition's records to `store` once they are covered by their batch's marker.
 fn read_to_end(
     consumer: &BaseConsumer,
+    store: &Store,
     topic: &str,
     readings: &mut HashMap<i32, Reading>,
     keep_going: &dyn Fn() -> bool,
-    apply: &mut dyn FnMut(Chunk) -> Result<(), StoreError>,
 ) -> Result<(), ChangelogError> {
     let expected_format = STORE_FORMAT.to_string();
     let mut last_record = Instant::now();
@@ -539,7 +537,7 @@ fn read_to_end(
                 r.replay
                     .read(m.offset(), key.to_vec(), value.to_vec(), stamps_of(&m));
                 if r.replay.records.len() >= RESTORE_CHUNK {
-                    apply(r.take_chunk(partition))?;
+                    r.take_chunk(partition).apply(store, topic)?;
                 }
             }
             Some(Err(e)) => {
@@ -575,7 +573,7 @@ fn read_to_end(
             r.replay.waiting.clear();
         }
         // Stopped early (revoked, stopping): what is applied is a consistent prefix.
-        apply(r.take_chunk(partition))?;
+        r.take_chunk(partition).apply(store, topic)?;
     }
     Ok(())
 }

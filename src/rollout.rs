@@ -182,22 +182,19 @@ impl Desk {
                 Command::Rollback => {
                     let outcome = match self.previous.take() {
                         Some(previous) => {
-                            let replaced = std::mem::replace(live, previous);
+                            let replaced = self.swap_live(live, previous);
                             window_states.clear();
-                            promote_metrics(&replaced, live);
                             metrics::record_model_reload("rolled_back");
-                            tracing::warn!(live = %live.manifest.name, version = %live.manifest.version, replaced = %replaced.manifest.version, "rolled back to the previous model");
-                            let outcome = Outcome {
+                            tracing::warn!(live = %live.manifest.name, version = %live.manifest.version, replaced = %replaced.version, "rolled back to the previous model");
+                            Outcome {
                                 result: "rolled_back",
                                 live: model_ref(live),
-                                previous: Some(model_ref(&replaced)),
+                                previous: Some(replaced),
                                 candidate: None,
                                 reason: None,
                                 self_test: None,
                                 shadow: None,
-                            };
-                            self.previous = Some(replaced);
-                            outcome
+                            }
                         }
                         None => self.refusal(
                             live,
@@ -311,24 +308,38 @@ impl Desk {
             });
             return;
         }
-        let replaced = std::mem::replace(live, candidate);
+        let replaced = self.swap_live(live, candidate);
         // The shadow's window states were computed by the candidate on the same memories: they
         // stay valid, so the swap starts warm.
         *window_states = candidate_states;
         window_states.set_budget(config.store.state_cache_bytes);
-        promote_metrics(&replaced, live);
         metrics::record_model_reload("promoted");
-        tracing::info!(live = %live.manifest.name, version = %live.manifest.version, replaced = %replaced.manifest.name, replaced_version = %replaced.manifest.version, ?test, ?report, "candidate model promoted");
+        tracing::info!(live = %live.manifest.name, version = %live.manifest.version, replaced = %replaced.name, replaced_version = %replaced.version, ?test, ?report, "candidate model promoted");
         let _ = reply.send(Outcome {
             result: "promoted",
             live: model_ref(live),
-            previous: Some(model_ref(&replaced)),
+            previous: Some(replaced),
             candidate: None,
             reason: None,
             self_test: Some(test),
             shadow: report,
         });
+    }
+
+    /// Makes `incoming` the live model and keeps the one it replaces for a rollback; returns
+    /// which that was.
+    fn swap_live(&mut self, live: &mut Model, incoming: Model) -> ModelRef {
+        let replaced = std::mem::replace(live, incoming);
+        metrics::record_model_role(
+            &replaced.manifest.name,
+            &replaced.manifest.version,
+            "live",
+            false,
+        );
+        metrics::record_model_role(&live.manifest.name, &live.manifest.version, "live", true);
+        let replaced_ref = model_ref(&replaced);
         self.previous = Some(replaced);
+        replaced_ref
     }
 
     fn refusal(
@@ -350,16 +361,6 @@ impl Desk {
             shadow,
         }
     }
-}
-
-fn promote_metrics(replaced: &Model, live: &Model) {
-    metrics::record_model_role(
-        &replaced.manifest.name,
-        &replaced.manifest.version,
-        "live",
-        false,
-    );
-    metrics::record_model_role(&live.manifest.name, &live.manifest.version, "live", true);
 }
 
 fn start_loading(
@@ -404,7 +405,6 @@ fn self_test(
         .collect();
     let fail = |what: String| format!("the self-test failed: {what}");
     let window = model.manifest.window;
-    // A user with no remembered items still gets an answer: the timed call needs rows.
     let mut rows = Vec::with_capacity(users.len().max(1) * window);
     for (_, memory) in &users {
         model.encode_window(memory.recent_items.iter().map(String::as_str), &mut rows);
@@ -477,7 +477,8 @@ fn self_test(
         None
     };
 
-    // One call at the live batch size, on the remembered windows repeated.
+    // One call at the live batch size, on the remembered windows repeated (an empty store: one
+    // all-padding window).
     let mut batch = Vec::with_capacity(batch_rows * window);
     if rows.is_empty() {
         rows = vec![0; window];

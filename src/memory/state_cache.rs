@@ -74,17 +74,17 @@ impl StateCache {
             self.used -= old.cost(user);
         }
         self.used += cost;
-        while self.used > self.budget {
-            let Some((evicted, entry)) = self.entries.pop_lru() else {
-                break;
-            };
-            self.used -= entry.cost(&evicted);
-        }
+        self.evict_beyond_budget();
     }
 
     /// A new budget (a shadow's cache becoming the live one); a smaller one evicts at once.
     pub fn set_budget(&mut self, budget: u64) {
         self.budget = usize::try_from(budget).unwrap_or(usize::MAX);
+        self.evict_beyond_budget();
+    }
+
+    /// Drops the least recently used users until what is held fits the budget.
+    fn evict_beyond_budget(&mut self) {
         while self.used > self.budget {
             let Some((evicted, entry)) = self.entries.pop_lru() else {
                 break;
