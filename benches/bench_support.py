@@ -74,6 +74,22 @@ def produce_all(bootstrap, topic, keyed_events):
         sys.exit("the producer could not deliver every event")
 
 
+def produce_paced(bootstrap, topic, rate, stop, message):
+    """Produces `message(n)` -> (key bytes, value bytes) for n = 0, 1, ... at `rate` per second until
+    the `stop` event is set, then waits for delivery. Run it on a thread of its own."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
+    sent, started = 0, time.time()
+    while not stop.is_set():
+        due = int((time.time() - started) * rate)
+        while sent < due:
+            key, value = message(sent)
+            producer.produce(topic, value, key)
+            sent += 1
+        producer.poll(0)
+        time.sleep(0.002)
+    producer.flush(10)
+
+
 def create_topics(bootstrap, names, partitions):
     """Creates `names` with `partitions` each. retention.ms is set explicitly: tansu reports only the
     configs a topic was created with, and clients that check a topic's settings (Quix) need it."""

@@ -14,9 +14,9 @@ import struct
 import threading
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from bench_support import broker, create_topics
+from bench_support import broker, create_topics, produce_paced
 
 
 def main():
@@ -39,19 +39,9 @@ def main():
         consumer.poll(1.0)
         stop = threading.Event()
 
-        def produce():
-            producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
-            sent, started = 0, time.time()
-            while not stop.is_set():
-                due = int((time.time() - started) * args.rate)
-                while sent < due:
-                    producer.produce(topic, struct.pack("d", time.time()), str(sent).encode())
-                    sent += 1
-                producer.poll(0)
-                time.sleep(0.002)
-            producer.flush(10)
-
-        producing = threading.Thread(target=produce)
+        # Each message carries the time it was produced.
+        producing = threading.Thread(target=produce_paced, args=(
+            bootstrap, topic, args.rate, stop, lambda n: (str(n).encode(), struct.pack("d", time.time()))))
         producing.start()
         latencies = []
         end = time.time() + args.seconds

@@ -26,10 +26,10 @@ import threading
 import time
 import urllib.request
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from bench_support import (REPO, click, create_topics, free_port, movielens_events, start_daemon, start_tansu, stop,
-                           write_daemon_config)
+from bench_support import (REPO, click, create_topics, free_port, movielens_events, produce_paced, start_daemon,
+                           start_tansu, stop, write_daemon_config)
 
 def post(addr, path, body):
     request = urllib.request.Request(f"http://{addr}{path}", data=json.dumps(body).encode(), method="POST",
@@ -72,18 +72,9 @@ def main():
             f.write(f'[admin]\nlisten = "{admin}"\n[rollout]\nmax_p99_ratio = 6.0\n')
         daemon = start_daemon(args.binary, config)
 
-        def produce():
-            producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
-            sent, started = 0, time.time()
-            while not stopping.is_set():
-                due = int((time.time() - started) * args.rate)
-                while sent < due:
-                    user, item, ts = rows[sent % len(rows)]
-                    producer.produce(topics["events"], json.dumps(click(user, item, ts)).encode(), user.encode())
-                    sent += 1
-                producer.poll(0)
-                time.sleep(0.002)
-            producer.flush(10)
+        def event(n):
+            user, item, ts = rows[n % len(rows)]
+            return user.encode(), json.dumps(click(user, item, ts)).encode()
 
         latencies = []  # (emitted_at s, latency ms, model)
 
@@ -101,7 +92,8 @@ def main():
             consumer.close()
 
         time.sleep(8)  # the daemon joins its group
-        threads = [threading.Thread(target=produce), threading.Thread(target=read)]
+        threads = [threading.Thread(target=produce_paced, args=(bootstrap, topics["events"], args.rate, stopping, event)),
+                   threading.Thread(target=read)]
         for t in threads:
             t.start()
         began = time.time()
