@@ -20,9 +20,10 @@ import torch.nn.functional as F
 
 
 def item_embedding(n_items, dim):
-    """Item embeddings (the input table, and the output one unless a model has its own). A small init matters: with nn.Embedding's N(0, 1)
-    and the input scaled by sqrt(dim), initial logits are in the tens, the softmax saturates and
-    training crawls (measured on ML-100k: validation HR@10 0.015 vs 0.13 after 8 epochs)."""
+    """Item embeddings: the input table, and the output one unless a model has its own. A small init
+    matters: with nn.Embedding's N(0, 1) and the input scaled by sqrt(dim), initial logits are in the
+    tens, the softmax saturates and training crawls (measured on ML-100k: validation HR@10 0.015 vs
+    0.13 after 8 epochs)."""
     emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
     nn.init.normal_(emb.weight, std=0.02)
     with torch.no_grad():
