@@ -16,7 +16,9 @@ class Dataset:
     sequences: dict          # user -> [item index, ...] in time order
     vocab: list              # external item ids; vocab[i - 1] is item index i
     sha256: str
-    train_only: frozenset = frozenset()   # users whose held-out items are unknown: they only train
+    # Users whose penultimate item is unknown (the gSASRec split): user -> their last item. They
+    # train on the known prefix and are tested on the last item with that prefix as input.
+    gap_targets: dict = None
 
     @property
     def n_items(self):
@@ -69,9 +71,10 @@ def load_recbole(directory):
 def load_gsasrec(directory):
     """MovieLens-1M as split by the gSASRec authors. Only 512 users' sequences are complete (their
     validation and test items are both known); the other 5,528 users' penultimate item was never
-    published, so they contribute their training prefix and are not evaluated."""
+    published, so they train on their prefix and are tested on their last item from that prefix:
+    one item short of the authors' test input, so their figures are a lower bound on the authors'."""
     path = os.path.join(directory, "ml1m_partial_user_sequences.txt")
-    raw, partial = {}, set()
+    raw, partial = {}, {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
             user, kind, *items = line.split()
@@ -79,11 +82,12 @@ def load_gsasrec(directory):
                 raw[user] = items
             elif kind == "P" and len(items) >= 3 and items[-2] == "?":
                 raw[user] = items[:-2]
-                partial.add(user)
+                partial[user] = items[-1]
             else:
                 raise ValueError(f"{path}:{n}: expected `user F|P items...` with P rows ending `? item`")
-    ds = _index("ml-1m", raw, _sha256(path))
-    ds.train_only = frozenset(partial)
+    ds = _index("ml-1m", {**raw, **{f"\0{u}": [t] for u, t in partial.items()}}, _sha256(path))
+    # The last items were indexed with the rest (a pseudo-user each), so every item has an index.
+    ds.gap_targets = {u: ds.sequences.pop(f"\0{u}")[0] for u in partial}
     return ds
 
 
@@ -103,10 +107,16 @@ def left_pad(seq, window):
 
 def split(dataset):
     """Leave-one-out as in the SASRec paper: the last item is the test target, the one before it the
-    validation target, the rest is training. Users with fewer than 3 interactions only train."""
+    validation target, the rest is training. Users with fewer than 3 interactions only train. A user
+    with a gap target (see `load_gsasrec`) trains on all of their sequence and is only tested."""
     train, valid, test = {}, {}, {}
+    gaps = dataset.gap_targets or {}
     for user, seq in dataset.sequences.items():
-        if len(seq) < 3 or user in dataset.train_only:
+        if user in gaps:
+            train[user] = seq
+            test[user] = (seq, gaps[user])
+            continue
+        if len(seq) < 3:
             train[user] = seq
             continue
         train[user] = seq[:-2]

@@ -56,6 +56,13 @@ def evaluate(score, cases, n_items, window, protocol, seed=42, max_users=10_000,
     return _metrics(ranks)
 
 
+def complete_users(test, dataset):
+    """The test cases whose input is the user's whole prefix: all of them except gap users (the
+    gSASRec split's 5,528 users tested one item short, see `data.load_gsasrec`)."""
+    gaps = dataset.gap_targets or {}
+    return {u: case for u, case in test.items() if u not in gaps}
+
+
 def popularity_scorer(train, n_items):
     """Scores every item by its training count: the popularity baseline."""
     counts = np.zeros(n_items + 1, dtype=np.float32)

@@ -14,7 +14,8 @@ from .models import FullGraph, PrefillGraph, StepGraph
 
 
 def export(model, out_dir, candidates):
-    """Writes model.onnx (full) and step.onnx; returns the step graph's state description."""
+    """Writes model.onnx (full) and step.onnx; returns the step graph's state description, or None
+    for a model without an exact step (it gets the full graph only)."""
     model.eval()
     full = FullGraph(model, candidates)
     example = torch.ones(2, model.window, dtype=torch.long)
@@ -23,6 +24,9 @@ def export(model, out_dir, candidates):
                       dynamic_axes={n: {0: "batch"} for n in ["item_seq", "top_items", "top_scores", "scores"]},
                       opset_version=17, dynamo=False,
                       do_constant_folding=False)  # folding would store transposed copies of shared weights
+    if not getattr(model, "exact_step", True):
+        share_weights(out_dir, ["model.onnx"])
+        return None
     shapes = model.state_shapes(3)
     other = model.state_shapes(4)
     names = list(shapes)

@@ -80,19 +80,37 @@ class Block(nn.Module):
 class SASRec(nn.Module):
     kind = "sasrec"
 
-    def __init__(self, n_items, window=50, dim=64, layers=2, heads=2, span=25, dropout=0.2, separate_output=False, **_):
+    def __init__(self, n_items, window=50, dim=64, layers=2, heads=2, span=25, dropout=0.2, separate_output=False,
+                 positions="alibi", **_):
         super().__init__()
-        assert window >= layers * (span - 1) + 1, "the window must cover every layer's span"
+        # `positions="learned"` is the original SASRec, for the ablation only: absolute position
+        # embeddings and attention over the whole window. Its hidden state depends on where each item
+        # sits in the window, so no cache can be stepped exactly: it exports a full graph only.
+        self.exact_step = positions == "alibi"
+        if not self.exact_step:
+            span = window
+        assert not self.exact_step or window >= layers * (span - 1) + 1, "the window must cover every layer's span"
         self.n_items, self.window, self.dim, self.layers, self.heads, self.span = n_items, window, dim, layers, heads, span
         self.item_emb = item_embedding(n_items, dim)
         self.out_emb = item_embedding(n_items, dim) if separate_output else None
+        self.pos_emb = None if self.exact_step else nn.Embedding(window, dim)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
-        self.register_buffer("slopes", alibi_slopes(heads).view(1, heads, 1, 1), persistent=False)
+        slopes = alibi_slopes(heads) if self.exact_step else torch.zeros(heads)  # zero slopes: no recency bias
+        self.register_buffer("slopes", slopes.view(1, heads, 1, 1), persistent=False)
 
     def embed(self, items):
         return self.item_emb(items) * math.sqrt(self.dim)
+
+    def embed_window(self, seq):
+        """The window's input vectors; with learned positions the last item is always position
+        window - 1, as in SASRec's left-padded input (training batches are cut to their longest)."""
+        x = self.embed(seq)
+        if self.pos_emb is not None:
+            t = seq.shape[1]
+            x = x + self.pos_emb(torch.arange(self.window - t, self.window, device=seq.device))
+        return x
 
     def attention_bias(self, seq):
         """ALiBi over a sliding span: each position sees itself and the real items of the span before it."""
@@ -107,7 +125,7 @@ class SASRec(nn.Module):
     def encode(self, seq):
         """seq [B, T] left-padded -> hidden [B, T, D]."""
         bias = self.attention_bias(seq)
-        x = self.drop(self.embed(seq))
+        x = self.drop(self.embed_window(seq))
         for block in self.blocks:
             x = block(x, bias)
         return self.norm(x)

@@ -71,6 +71,20 @@ class OneEpoch(unittest.TestCase):
         self.assertEqual(manifest["training"]["args"]["loss"], "gbce")
         self.assertTrue(manifest["training"]["args"]["separate_output"])
 
+    def test_sasrec_learned_positions_exports_the_full_graph_only(self):
+        # The original SASRec's positions, kept for the ablation: no exact step, so no step graph,
+        # and a manifest without one (the daemon then serves it in full mode only).
+        with tempfile.TemporaryDirectory() as out:
+            manifest, metrics = self.train("sasrec", out, ["--positions", "learned"])
+            self.assertTrue(os.path.isfile(os.path.join(out, "model.onnx")))
+            self.assertFalse(os.path.exists(os.path.join(out, "step.onnx")))
+            self.assertNotIn("step", manifest)
+            self.assertNotIn("parity", metrics)
+            self.assertEqual(manifest["training"]["args"]["positions"], "learned")
+            full = metrics["full"]
+            self.assertGreater(full["users"], 0)
+            self.assertTrue(0.0 <= full["ndcg@10"] <= full["hr@10"] <= 1.0, full)
+
     def test_gru4rec(self):
         self.check("gru4rec")
 
