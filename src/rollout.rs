@@ -161,7 +161,7 @@ impl Desk {
             match command {
                 Command::Roll(_) if self.loading.is_some() || self.shadow.is_some() => {
                     let reason = "another candidate is being checked or is in shadow; ask again when it is done";
-                    let _ = reply.send(self.refusal(live, None, reason.into(), None, None));
+                    let _ = reply.send(refused(live, None, reason.into(), None, None));
                 }
                 Command::Roll(request) => {
                     tracing::info!(path = %request.path.display(), promote = request.promote, "loading a candidate model next to the live one");
@@ -175,7 +175,7 @@ impl Desk {
                         }
                         Err(e) => {
                             let reason = format!("cannot start the thread that loads it: {e}");
-                            let _ = reply.send(self.refusal(live, None, reason, None, None));
+                            let _ = reply.send(refused(live, None, reason, None, None));
                         }
                     }
                 }
@@ -196,7 +196,7 @@ impl Desk {
                                 shadow: None,
                             }
                         }
-                        None => self.refusal(
+                        None => refused(
                             live,
                             None,
                             "no previous model to roll back to: none was promoted since the start"
@@ -221,7 +221,7 @@ impl Desk {
             match loaded {
                 Err(reason) => {
                     tracing::error!(path = %request.path.display(), %reason, "candidate model refused; the live model keeps serving");
-                    let _ = reply.send(self.refusal(live, None, reason, None, None));
+                    let _ = reply.send(refused(live, None, reason, None, None));
                 }
                 Ok((candidate, test)) if config.rollout.shadow_events == 0 => {
                     let shadow = Shadow::new(candidate, test, request, reply, config);
@@ -285,7 +285,7 @@ impl Desk {
         let breach = report.as_ref().and_then(|r| r.breach(&config.rollout));
         if let Some(reason) = breach {
             tracing::error!(candidate = %candidate.manifest.name, version = %candidate.manifest.version, %reason, ?report, "candidate model refused after its shadow; the live model keeps serving");
-            let _ = reply.send(self.refusal(
+            let _ = reply.send(refused(
                 live,
                 Some(model_ref(&candidate)),
                 reason,
@@ -341,25 +341,25 @@ impl Desk {
         self.previous = Some(replaced);
         replaced_ref
     }
+}
 
-    fn refusal(
-        &self,
-        live: &Model,
-        candidate: Option<ModelRef>,
-        reason: String,
-        self_test: Option<SelfTest>,
-        shadow: Option<ShadowReport>,
-    ) -> Outcome {
-        metrics::record_model_reload("refused");
-        Outcome {
-            result: "refused",
-            live: model_ref(live),
-            previous: None,
-            candidate,
-            reason: Some(reason),
-            self_test,
-            shadow,
-        }
+/// The answer to a request that was refused: the live model keeps serving.
+fn refused(
+    live: &Model,
+    candidate: Option<ModelRef>,
+    reason: String,
+    self_test: Option<SelfTest>,
+    shadow: Option<ShadowReport>,
+) -> Outcome {
+    metrics::record_model_reload("refused");
+    Outcome {
+        result: "refused",
+        live: model_ref(live),
+        previous: None,
+        candidate,
+        reason: Some(reason),
+        self_test,
+        shadow,
     }
 }
 

@@ -12,26 +12,12 @@ const TOKEN: &str = "test-admin-token-7f3a";
 
 /// POST `body` to the admin API: (status, JSON answer).
 fn post(addr: &str, path: &str, body: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the admin API");
     // A candidate is loaded and checked before the answer: give it time.
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let (status, body) = http_request(addr, "POST", path, token, body, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("no answer from the admin API at {addr}{path}"));
     (
         status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     )
 }
 
@@ -75,21 +61,30 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
         http_get(&metrics_addr, "/readyz").filter(|(code, _)| *code == 200)
     });
 
-    // Steady load: MovieLens events at about 400/s while the models change.
-    let messages = movielens_messages(8_000);
-    let total = messages.len();
+    // Steady load: MovieLens events at about 400/s while the models change, until the last
+    // rollout is done and one more chunk follows it (so every stage answers some events however
+    // long the rollouts take on a busy machine). Returns how many were sent.
+    let rollouts_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producing = {
         let producer = broker.producer();
         let topic = topics.input.clone();
+        let messages = movielens_messages(40_000);
+        let done = rollouts_done.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
+            let mut sent = 0;
             for (i, chunk) in messages.chunks(200).enumerate() {
                 let due = started + Duration::from_millis(500 * i as u64);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
                 produce_with(&producer, &topic, chunk);
+                sent += chunk.len();
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
             }
+            sent
         })
     };
     std::thread::sleep(Duration::from_secs(3));
@@ -205,7 +200,8 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
     assert_eq!(answer["result"], "rolled_back");
     assert_eq!(answer["live"]["name"], "gru4rec-ml100k");
 
-    producing.join().unwrap();
+    rollouts_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let total = producing.join().unwrap();
     let mut recs = Vec::new();
     let mut reader = broker.reader(&topics.recommendations);
     let deadline = Instant::now() + Duration::from_secs(120);
