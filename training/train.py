@@ -86,6 +86,9 @@ def main():
     if args.positions == "learned" and args.model != "sasrec":
         p.error("--positions learned is an option of --model sasrec")
 
+    # Recorded before training: the code that runs is the code checked out now, whatever is
+    # committed or edited while it trains.
+    trained_with = environment()
     random.seed(args.seed); np.random.seed(args.seed); torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     ds = D.load(args.data)
@@ -183,7 +186,7 @@ def main():
                      **({"prefill": {"model_file": "prefill.onnx", "input": "item_seq"}} if hasattr(model, "prefill") else {})}}
            if state_spec is not None else {}),
         "training": {"data": args.data, "data_sha256": ds.sha256, "script": "training/train.py", "args": vars(args),
-                     "environment": environment()},
+                     "environment": trained_with},
     }
     with open(os.path.join(args.out, "model.json"), "w") as f:
         json.dump(manifest, f, indent=2); f.write("\n")
