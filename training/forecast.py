@@ -152,6 +152,9 @@ def main():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
+    # Recorded before training: the code that runs is the code checked out now, whatever is
+    # committed or edited while it trains.
+    trained_with = environment()
     random.seed(args.seed); np.random.seed(args.seed); torch.set_num_threads(args.threads)
 
     products, dates, demand, digest = load_supplygraph(args.data)
@@ -215,7 +218,7 @@ def main():
         "step": {"model_file": "step.onnx", "inputs": ["demand", "day_of_week"], "state": state_spec,
                  "outputs": ["mean", "quantiles"]},
         "training": {"data": args.data, "data_sha256": digest, "script": "training/forecast.py", "args": vars(args),
-                     "environment": environment()},
+                     "environment": trained_with},
     }
     with open(os.path.join(args.out, "model.json"), "w") as f:
         json.dump(manifest, f, indent=2); f.write("\n")

@@ -33,9 +33,21 @@ DATA = {
     "recbole_ml100k": "MovieLens-100k (`recbole_ml100k/ml-100k.inter`: 943 users, 1,682 items, 100,000 ratings in "
                "timestamp order)",
     "ml1m_gsasrec": "MovieLens-1M as split by the gSASRec authors (`ml1m_gsasrec_split`: 6,040 users, 3,416 items); only "
-            "512 users' sequences are complete, so those 512 are validated and tested and the other 5,528 only "
-            "train on their published prefix",
+            "512 users' sequences are complete: they are validated and tested as usual. The other 5,528 users' "
+            "penultimate item was never published: they train on their known prefix and are tested on their last item "
+            "from that prefix, one item short of the authors' test input",
 }
+
+
+def provenance(m):
+    """The card's line on what trained the model, from the manifest's record of it."""
+    env = m["training"].get("environment")
+    if not env:
+        return "not recorded (trained before manifests recorded it)"
+    commit = (env.get("git_commit") or "unknown")[:10]
+    dirty = " with uncommitted changes to training/" if env.get("git_dirty") else ""
+    return (f"commit `{commit}`{dirty}; Python {env['python']}, torch {env['torch']}, onnx {env['onnx']}, "
+            f"onnxruntime {env['onnxruntime']}, numpy {env['numpy']}")
 
 
 def fmt(x, digits=4):
@@ -90,6 +102,7 @@ def recommender_card(m, r):
         f"{r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min on {a['threads']} CPU thread(s) |",
         f"| command | `python training/train.py --model {kind} --data {a['data']} --out {{dir}} --name {m['name']}"
         f"{'' if m['version'] == '1' else ' --version ' + m['version']}` (+ the non-default flags in `model.json`) |",
+        f"| trained with | {provenance(m)} |",
         "",
         "## Results (test split, through the exported ONNX graph)",
         "",
@@ -100,6 +113,10 @@ def recommender_card(m, r):
         f"| SASRec protocol, 100 sampled unseen negatives ({r['sampled']['users']:,} users) | **{fmt(r['sampled']['hr@10'])}** | "
         f"**{fmt(r['sampled']['ndcg@10'])}** | {fmt(r['popularity_sampled']['hr@10'])} | {fmt(r['popularity_sampled']['ndcg@10'])} |",
     ]
+    if "full_complete_users" in r:
+        q = r["full_complete_users"]
+        lines.append(f"| full ranking, only the {q['users']:,} users whose test input is complete | **{fmt(q['hr@10'])}** | "
+                     f"**{fmt(q['ndcg@10'])}** | – | – |")
     if "full_recent" in r:
         lines.append(
             f"| full ranking, only the last {m['window']} items removed, as the daemon serves (`longmem eval` checks it live) | "
@@ -151,6 +168,7 @@ def forecaster_card(m, r):
         f"series' mean demand; {a['replicas']} replicas per series per epoch starting on random days (0..{a['max_start']}); "
         f"Adam {a['lr']}: {r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min in all |",
         f"| command | `python training/forecast.py --data {a['data']} --out {{dir}}` |",
+        f"| trained with | {provenance(m)} |",
         "",
         f"## Accuracy on the {r['test_days']} held-out days",
         "",
