@@ -7,7 +7,7 @@ their original ids sorted as numbers when they are numbers.
 """
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Dataset:
     sha256: str
     # Users whose penultimate item is unknown (the gSASRec split): user -> their last item. They
     # train on the known prefix and are tested on the last item with that prefix as input.
-    gap_targets: dict = None
+    gap_targets: dict = field(default_factory=dict)
 
     @property
     def n_items(self):
@@ -110,11 +110,10 @@ def split(dataset):
     validation target, the rest is training. Users with fewer than 3 interactions only train. A user
     with a gap target (see `load_gsasrec`) trains on all of their sequence and is only tested."""
     train, valid, test = {}, {}, {}
-    gaps = dataset.gap_targets or {}
     for user, seq in dataset.sequences.items():
-        if user in gaps:
+        if user in dataset.gap_targets:
             train[user] = seq
-            test[user] = (seq, gaps[user])
+            test[user] = (seq, dataset.gap_targets[user])
             continue
         if len(seq) < 3:
             train[user] = seq

@@ -59,8 +59,7 @@ def evaluate(score, cases, n_items, window, protocol, seed=42, max_users=10_000,
 def complete_users(test, dataset):
     """The test cases whose input is the user's whole prefix: all of them except gap users (the
     gSASRec split's 5,528 users tested one item short, see `data.load_gsasrec`)."""
-    gaps = dataset.gap_targets or {}
-    return {u: case for u, case in test.items() if u not in gaps}
+    return {u: case for u, case in test.items() if u not in dataset.gap_targets}
 
 
 def popularity_scorer(train, n_items):
