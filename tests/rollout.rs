@@ -4,6 +4,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -72,7 +74,7 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
     // Steady load: MovieLens events at about 400/s while the models change, until the last
     // rollout is done and one more chunk follows it (so every stage answers some events however
     // long the rollouts take on a busy machine). Returns how many were sent.
-    let rollouts_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rollouts_done = Arc::new(AtomicBool::new(false));
     let producing = {
         let producer = broker.producer();
         let topic = topics.input.clone();
@@ -88,7 +90,7 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
                 }
                 produce_with(&producer, &topic, chunk);
                 sent += chunk.len();
-                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                if done.load(Ordering::SeqCst) {
                     break;
                 }
             }
@@ -207,7 +209,7 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
     assert_eq!(answer["result"], "rolled_back");
     assert_eq!(answer["live"]["name"], "gru4rec-ml100k");
 
-    rollouts_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    rollouts_done.store(true, Ordering::SeqCst);
     let total = producing.join().unwrap();
     let mut recs = Vec::new();
     let mut reader = broker.reader(&topics.recommendations);
