@@ -126,6 +126,13 @@ def run_steps(step_sess, state_spec, prefixes, with_state=False):
     return (scores, state) if with_state else scores
 
 
+def by_length(cases):
+    """Users ordered by prefix length: a batch is stepped as many times as its longest prefix, so
+    batching users of similar length steps each one about once per item instead of once per item of
+    the longest history in a random batch (ML-1M: 6,040 users, histories of 20 to 2,300 items)."""
+    return sorted(cases, key=lambda u: (len(cases[u][0]), u))
+
+
 def same_top_k(a, b, k):
     """Rows of two score matrices whose k best items are the same set."""
     top_a = np.sort(np.argsort(-a, axis=1, kind="stable")[:, :k], axis=1)
@@ -139,7 +146,7 @@ def prefill_parity(out_dir, state_spec, cases, window, k=10, batch=256):
     next step ranks the same top-k from either state."""
     prefill = session(f"{out_dir}/prefill.onnx", 2)
     step = session(f"{out_dir}/step.onnx", 2)
-    users = sorted(cases)
+    users = by_length(cases)
     same, max_diff = 0, 0.0
     for start in range(0, len(users), batch):
         chunk = users[start:start + batch]
@@ -167,7 +174,7 @@ def parity(out_dir, state_spec, cases, window, step_history, k=10, batch=256):
     "all" (its state covers the whole history) or "window" (the same last `window` items as full)."""
     full = session(f"{out_dir}/model.onnx", 2)
     step = session(f"{out_dir}/step.onnx", 2)
-    users = sorted(cases)
+    users = by_length(cases)
     same, max_diff = 0, 0.0
     for start in range(0, len(users), batch):
         chunk = users[start:start + batch]
