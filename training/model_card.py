@@ -74,27 +74,35 @@ def recommender_card(m, r):
     span = a["span"] or {"sasrec": 25, "memory": 8}.get(kind, 1)
     arch = ARCHITECTURE[kind].format(layers=a["layers"], dim=a["dim"], heads=a["heads"], ff=2 * a["dim"],
                                      dropout=a["dropout"], span=span, window=a["window"], slots=a["slots"])
+    if a.get("positions") == "learned":
+        arch = (f"SASRec as published: {a['layers']} pre-norm self-attention blocks, d = {a['dim']}, {a['heads']} heads, "
+                f"feed-forward {2 * a['dim']}, GELU, dropout {a['dropout']}; learned absolute position embeddings over the "
+                f"whole {a['window']}-item window, so no key/value cache can be stepped exactly: full graph only")
     if a.get("separate_output"):
         arch += "; items scored with an output embedding table of their own"
-    state = ", ".join(f"`{s['name']}` {s['shape']}" for s in m["step"]["state"])
+    step = m.get("step")
     if a.get("loss") == "gbce":
         negatives = f"gBCE (t = {a['gbce_t']}), {a['negatives']} uniform negatives per batch"
     elif a["negatives"] <= 0:
         negatives = "softmax over every item"
     else:
         negatives = f"sampled softmax, {a['negatives']} uniform negatives per batch"
-    c, p = r["cpu_cost"], r["parity"]
-    history = "each test user's whole prefix" if m["step"]["history"] == "all" else f"the last {a['window']} items of each test user's prefix (the state carries more history than `full` reads)"
+    if step:
+        state = ", ".join(f"`{s['name']}` {s['shape']}" for s in step["state"])
+        graphs = (f"`model.onnx` (full: `item_seq` [batch, {m['window']}] → top {m['candidates']} candidates and all scores), "
+                  f"`step.onnx` (`item` [batch] + state → new state + top {m['candidates']})"
+                  f"{'; both' if 'prefill' not in step else ', `prefill.onnx` (`item_seq` → the state after the window); all three'} read `weights.bin`")
+    else:
+        graphs = (f"`model.onnx` only (full: `item_seq` [batch, {m['window']}] → top {m['candidates']} candidates and all "
+                  f"scores); the daemon runs it with `model.mode = \"full\"`")
     lines = [
         f"# {m['name']}",
         "",
         "| | |",
         "|---|---|",
         f"| architecture | {arch} |",
-        f"| graphs | `model.onnx` (full: `item_seq` [batch, {m['window']}] → top {m['candidates']} candidates and all scores), "
-        f"`step.onnx` (`item` [batch] + state → new state + top {m['candidates']})"
-        f"{'; both' if 'prefill' not in m['step'] else ', `prefill.onnx` (`item_seq` → the state after the window); all three'} read `weights.bin` |",
-        f"| state per user | {r['state_bytes_per_user']:,} bytes: {state} |",
+        f"| graphs | {graphs} |",
+        *([f"| state per user | {r['state_bytes_per_user']:,} bytes: {state} |"] if step else []),
         f"| data | {data_description(m)}; sha256 `{r['data_sha256'][:16]}…` |",
         "| split | leave-one-out: last item test, second-to-last validation, the rest training |",
         f"| training | {negatives}, Adam {a['lr']}, batch {a['batch']}, length-bucketed; early stopping on validation NDCG@10 "
@@ -122,6 +130,11 @@ def recommender_card(m, r):
             f"| full ranking, only the last {m['window']} items removed, as the daemon serves (`longmem eval` checks it live) | "
             f"**{fmt(r['full_recent']['hr@10'])}** | **{fmt(r['full_recent']['ndcg@10'])}** | "
             f"{fmt(r['popularity_full_recent']['hr@10'])} | {fmt(r['popularity_full_recent']['ndcg@10'])} |")
+    if not step:
+        return "\n".join(lines)
+    c, p = r["cpu_cost"], r["parity"]
+    history = ("each test user's whole prefix" if step["history"] == "all" else
+               f"the last {a['window']} items of each test user's prefix (the state carries more history than `full` reads)")
     lines += [
         "",
         "## Parity and cost",

@@ -3,7 +3,8 @@
     python training/reevaluate.py models/sasrec-ml100k [models/gru4rec-ml100k ...] [--protocol full_recent]
 
 For a protocol added after a model was trained (its metrics.json is updated in place; nothing else
-changes). The data set and split come from the model's own manifest, so the figures are on the same
+changes). `full` on a split with unpublished test inputs (ML-1M's gSASRec split) also refreshes the
+figure on the users whose test input is complete, as training does. The data set and split come from the model's own manifest, so the figures are on the same
 test users as the rest of its card.
 """
 import argparse
@@ -13,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from longmem_train import data as D                               # noqa: E402
-from longmem_train.evaluate import evaluate, popularity_scorer    # noqa: E402
+from longmem_train.evaluate import complete_users, evaluate, popularity_scorer  # noqa: E402
 from longmem_train.export import session                          # noqa: E402
 
 
@@ -43,6 +44,10 @@ def main():
             metrics = json.load(f)
         metrics[args.protocol] = result
         metrics[f"popularity_{args.protocol}"] = baseline
+        if args.protocol == "full" and ds.gap_targets:
+            # As train.py does: the figure on the users whose test input is complete beside it.
+            metrics["full_complete_users"] = evaluate(onnx_scores, complete_users(test, ds), ds.n_items, window, "full")
+            print(model_dir, "full (complete users)", metrics["full_complete_users"], flush=True)
         with open(path, "w") as f:
             json.dump(metrics, f, indent=2); f.write("\n")
         print(model_dir, args.protocol, result, "popularity", baseline, flush=True)

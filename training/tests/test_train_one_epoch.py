@@ -36,6 +36,14 @@ class OneEpoch(unittest.TestCase):
             metrics = json.load(f)
         return manifest, metrics
 
+    def card(self, out):
+        """The model's card, as training/model_card.py writes it."""
+        run = subprocess.run([sys.executable, os.path.join(TRAINING, "model_card.py"), out],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 0, f"model_card.py failed:\n{run.stderr[-3000:]}")
+        with open(os.path.join(out, "README.md")) as f:
+            return f.read()
+
     def check(self, model, extra=()):
         import torch
         with tempfile.TemporaryDirectory() as out:
@@ -59,6 +67,9 @@ class OneEpoch(unittest.TestCase):
             env = manifest["training"]["environment"]
             self.assertEqual(env["torch"], torch.__version__)
             self.assertIn("git_commit", env)
+            card = self.card(out)
+            self.assertIn(f"**{full['ndcg@10']:.4f}**", card)
+            self.assertIn("## Parity and cost", card)
             return manifest
 
     def test_sasrec(self):
@@ -84,6 +95,10 @@ class OneEpoch(unittest.TestCase):
             full = metrics["full"]
             self.assertGreater(full["users"], 0)
             self.assertTrue(0.0 <= full["ndcg@10"] <= full["hr@10"] <= 1.0, full)
+            card = self.card(out)
+            self.assertIn("learned absolute position embeddings", card)
+            self.assertIn(f"**{full['ndcg@10']:.4f}**", card)
+            self.assertNotIn("## Parity and cost", card)
 
     def test_gru4rec(self):
         self.check("gru4rec")
