@@ -23,6 +23,7 @@ mod state_cache;
 use std::collections::HashMap;
 use std::path::Path;
 
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::config::StatePrecision;
@@ -130,13 +131,16 @@ impl StateTensors {
     pub fn encode(tensors: Vec<Vec<f32>>, precision: StatePrecision) -> StateTensors {
         match precision {
             StatePrecision::F32 => StateTensors::F32(tensors),
+            // Whole slices at a time: eight lanes per F16C instruction where the CPU has it,
+            // against one call per float (a tenth of the pipeline thread on sasrec step).
             StatePrecision::F16 => StateTensors::F16(
                 tensors
                     .iter()
                     .map(|t| {
-                        t.iter()
-                            .map(|&v| half::f16::from_f32(v).to_bits())
-                            .collect()
+                        let mut bits = vec![0u16; t.len()];
+                        bits.reinterpret_cast_mut::<half::f16>()
+                            .convert_from_f32_slice(t);
+                        bits
                     })
                     .collect(),
             ),
@@ -149,11 +153,7 @@ impl StateTensors {
             StateTensors::F32(t) => t.clone(),
             StateTensors::F16(t) => t
                 .iter()
-                .map(|t| {
-                    t.iter()
-                        .map(|&b| half::f16::from_bits(b).to_f32())
-                        .collect()
-                })
+                .map(|t| t.reinterpret_cast::<half::f16>().to_f32_vec())
                 .collect(),
         }
     }
@@ -815,6 +815,27 @@ mod tests {
         }
         let exact = StateTensors::encode(tensors.clone(), StatePrecision::F32);
         assert_eq!((exact.bytes(), exact.to_f32()), (9 * 4, tensors));
+    }
+
+    proptest! {
+        /// The whole-slice conversion writes the bits the one-float-at-a-time conversion of earlier
+        /// builds wrote (round to nearest even, infinities, NaN, subnormals), at lengths that leave
+        /// a remainder after the eight-lane blocks; stored records decode the same either way.
+        #[test]
+        fn half_precision_slices_round_like_single_floats(
+            values in proptest::collection::vec(proptest::num::f32::ANY, 0..40)
+        ) {
+            let StateTensors::F16(bits) = StateTensors::encode(vec![values.clone()], StatePrecision::F16) else {
+                panic!("asked for f16");
+            };
+            let single: Vec<u16> = values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            prop_assert_eq!(&bits[0], &single);
+            let back = StateTensors::F16(bits).to_f32();
+            for (got, b) in back[0].iter().zip(&single) {
+                let want = half::f16::from_bits(*b).to_f32();
+                prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()));
+            }
+        }
     }
 
     #[test]
