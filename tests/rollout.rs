@@ -187,12 +187,16 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
     std::fs::write(truncated.join("model.onnx"), &graph[..graph.len() / 3]).unwrap();
     let no_items = copy_model("gru4rec-ml100k", &broken.path().join("no-items"));
     std::fs::remove_file(no_items.join("items.txt")).unwrap();
-    // A graph whose outputs are not the shape its manifest says (60 candidates, not 30).
+    // A graph whose outputs are not the shape its manifest says: one item more in the manifest
+    // (and the vocabulary) than the graph scores.
     let wrong_shape = copy_model("gru4rec-ml100k", &broken.path().join("wrong-shape"));
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(wrong_shape.join("model.json")).unwrap()).unwrap();
-    manifest["candidates"] = serde_json::json!(30);
+    manifest["n_items"] = serde_json::json!(manifest["n_items"].as_u64().unwrap() + 1);
     std::fs::write(wrong_shape.join("model.json"), manifest.to_string()).unwrap();
+    let mut items = std::fs::read_to_string(wrong_shape.join("items.txt")).unwrap();
+    items.push_str("an-item-the-graph-does-not-score\n");
+    std::fs::write(wrong_shape.join("items.txt"), items).unwrap();
     for bad in [&truncated, &no_items, &wrong_shape] {
         let (code, answer) = post(&admin_addr, "/admin/model", &roll_body(bad), Some(TOKEN));
         assert_eq!(code, 409, "{}: {answer}", bad.display());

@@ -87,14 +87,20 @@ def recommender_card(m, r):
         negatives = "softmax over every item"
     else:
         negatives = f"sampled softmax, {a['negatives']} uniform negatives per batch"
+    if "candidates" in m:
+        answer = f"the top {m['candidates']} candidates and all scores"
+        step_answer = f"new state + top {m['candidates']}"
+    else:
+        answer = "every item's score, which the daemon ranks"
+        step_answer = "new state + every item's score"
     if step:
         state = ", ".join(f"`{s['name']}` {s['shape']}" for s in step["state"])
-        graphs = (f"`model.onnx` (full: `item_seq` [batch, {m['window']}] → top {m['candidates']} candidates and all scores), "
-                  f"`step.onnx` (`item` [batch] + state → new state + top {m['candidates']})"
+        graphs = (f"`model.onnx` (full: `item_seq` [batch, {m['window']}] → {answer}), "
+                  f"`step.onnx` (`item` [batch] + state → {step_answer})"
                   f"{'; both' if 'prefill' not in step else ', `prefill.onnx` (`item_seq` → the state after the window); all three'} read `weights.bin`")
     else:
-        graphs = (f"`model.onnx` only (full: `item_seq` [batch, {m['window']}] → top {m['candidates']} candidates and all "
-                  f"scores); the daemon runs it with `model.mode = \"full\"`")
+        graphs = (f"`model.onnx` only (full: `item_seq` [batch, {m['window']}] → {answer}); the daemon runs it with "
+                  f"`model.mode = \"full\"`")
     lines = [
         f"# {m['name']}",
         "",

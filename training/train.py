@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from longmem_train import data as D                                  # noqa: E402
 from longmem_train.evaluate import complete_users, evaluate, popularity_scorer  # noqa: E402
-from longmem_train.export import cost_per_event, export, parity, prefill_parity, session  # noqa: E402
+from longmem_train.export import cost_per_event, export, parity, prefill_parity, ranked_outputs, session  # noqa: E402
 from longmem_train.provenance import environment                   # noqa: E402
 from longmem_train.models import RECOMMENDERS, training_loss  # noqa: E402
 
@@ -63,6 +63,9 @@ def main():
                         "SASRec's absolute positions over the whole window; full graph only, for comparison)")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--rank-in-graph", action="store_true",
+                   help="keep the graphs' TopK (top_items, top_scores) instead of ending at `scores` for the daemon "
+                        "to rank: for a GPU, where ranking on the device saves copying every score back")
     p.add_argument("--loss", choices=["softmax", "gbce"], default="softmax",
                    help="softmax: cross-entropy against the sampled negatives (or every item, --negatives 0); "
                         "gbce: gSASRec's generalised binary cross-entropy against the sampled negatives")
@@ -144,7 +147,7 @@ def main():
 
     os.makedirs(args.out, exist_ok=True)
     candidates = min(args.k + args.window, ds.n_items)
-    state_spec = export(model, args.out, candidates)
+    state_spec = export(model, args.out, candidates, args.rank_in_graph)
     with open(os.path.join(args.out, "items.txt"), "w") as f:
         f.write("\n".join(ds.vocab) + "\n")
 
@@ -181,13 +184,12 @@ def main():
     manifest = {
         "name": name, "version": args.version, "kind": "full", "model_file": "model.onnx",
         "vocabulary_file": "items.txt", "n_items": ds.n_items, "window": args.window, "k": args.k,
-        "candidates": candidates,
+        **({"candidates": candidates} if args.rank_in_graph else {}),
         "inputs": [{"name": "item_seq", "dtype": "int64", "shape": ["batch", args.window]}],
-        "outputs": [{"name": "top_items", "dtype": "int64", "shape": ["batch", candidates]},
-                    {"name": "top_scores", "dtype": "float32", "shape": ["batch", candidates]},
+        "outputs": [*ranked_outputs(candidates, args.rank_in_graph),
                     {"name": "scores", "dtype": "float32", "shape": ["batch", ds.n_items + 1]}],
         **({"step": {"model_file": "step.onnx", "item_input": "item", "history": step_history, "state": state_spec,
-                     "outputs": ["top_items", "top_scores"],
+                     "outputs": [o["name"] for o in ranked_outputs(candidates, args.rank_in_graph)] + ["scores"],
                      **({"prefill": {"model_file": "prefill.onnx", "input": "item_seq"}} if hasattr(model, "prefill") else {})}}
            if state_spec is not None else {}),
         "training": {"data": args.data, "data_sha256": ds.sha256, "script": "training/train.py", "args": vars(args),

@@ -86,6 +86,7 @@ impl Forecaster {
             &env,
             config,
             &config.path.join(&manifest.step.model_file),
+            false,
             &outputs,
         )?;
         Ok(Forecaster {

@@ -29,8 +29,9 @@ pub struct Manifest {
     pub window: usize,
     /// Items in one recommendation.
     pub k: usize,
-    /// Items the graph returns per row (≥ k); the surplus lets the daemon drop items the user has
-    /// just seen and still return k. Defaults to k.
+    /// Items a graph that ranks itself (`top_items`) returns per row (≥ k); the surplus lets the
+    /// daemon drop items the user has just seen and still return k. Defaults to k. A graph that
+    /// returns `scores` is ranked by the daemon, which always finds k.
     #[serde(default)]
     pub candidates: usize,
     pub inputs: Vec<TensorSpec>,
@@ -179,11 +180,11 @@ impl Manifest {
                 "inputs must contain `item_seq` (int64 [batch, window])".into(),
             ));
         }
-        if !has(&manifest.outputs, "top_items", "int64")
-            || !has(&manifest.outputs, "top_scores", "float32")
-        {
+        let ranked_in_graph = has(&manifest.outputs, "top_items", "int64")
+            && has(&manifest.outputs, "top_scores", "float32");
+        if !ranked_in_graph && !has(&manifest.outputs, "scores", "float32") {
             return Err(err(
-                "outputs must contain `top_items` (int64 [batch, k]) and `top_scores` (float32 [batch, k])".into(),
+                "outputs must contain `scores` (float32 [batch, n_items + 1]), or `top_items` (int64 [batch, candidates]) and `top_scores` (float32 [batch, candidates])".into(),
             ));
         }
         if let Some(step) = &manifest.step {

@@ -3,8 +3,9 @@
 //! A model directory holds `model.json` (the manifest: names and shapes of inputs and outputs,
 //! window, K, vocabulary file, version), the ONNX graph and the vocabulary (one external item id per
 //! line; line i is item index i, index 0 is padding). The `full` contract: input `item_seq` int64
-//! [batch, window] left-padded with 0; outputs `top_items` int64 [batch, K] and `top_scores` float32
-//! [batch, K]. Each micro-batch is one `run` call.
+//! [batch, window] left-padded with 0; output `scores` float32 [batch, n_items + 1], from which the
+//! daemon picks each row's best K, or a graph's own ranking, `top_items` int64 [batch, candidates]
+//! and `top_scores` float32 [batch, candidates] ([`Ranking`]). Each micro-batch is one `run` call.
 //!
 //! Execution providers: CPU by default. With `execution_provider = "cuda"` (cargo feature `cuda`) a
 //! failed CUDA registration is an error unless `allow_cpu_fallback` is set; [`Model::provider`] says
@@ -126,6 +127,21 @@ pub struct Model {
 struct Graph {
     session: Session,
     run_options: RunOptions<ort::session::HasSelectedOutputs>,
+    /// How a recommender graph's rows become top K (None for graphs that only build state).
+    ranking: Option<Ranking>,
+}
+
+/// Where a row's top K is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ranking {
+    /// The graph returns every item's score (`scores`) and the daemon keeps the best K, leaving the
+    /// row's seen items out as it goes. ONNX Runtime's TopK cost more than the rest of sasrec's
+    /// step graph on CPU (docs/performance.md, "Ranking"), so the shipped graphs end at `scores`.
+    Scores,
+    /// The graph ranks (`top_items`, `top_scores`: `candidates` per row, seen items included) and
+    /// the daemon drops the seen ones: a graph exported with its TopK, such as one for a GPU, where
+    /// ranking on the device saves copying every score back.
+    InGraph,
 }
 
 /// Top-K items for one row of a batch.
@@ -150,7 +166,8 @@ impl Model {
             &env,
             config,
             &config.path.join(&manifest.model_file),
-            &RANKED,
+            true,
+            &[],
         )?;
         let use_step =
             match config.mode {
@@ -166,11 +183,9 @@ impl Model {
             };
         let step = match (&manifest.step, use_step) {
             (Some(spec), true) => {
-                let outputs: Vec<&str> = RANKED
-                    .into_iter()
-                    .chain(spec.state.iter().map(|s| s.output.as_str()))
-                    .collect();
-                Some(open_graph(&env, config, &config.path.join(&spec.model_file), &outputs)?.0)
+                let outputs: Vec<&str> = spec.state.iter().map(|s| s.output.as_str()).collect();
+                let path = config.path.join(&spec.model_file);
+                Some(open_graph(&env, config, &path, true, &outputs)?.0)
             }
             _ => None,
         };
@@ -179,7 +194,7 @@ impl Model {
                 Some(prefill) => {
                     let outputs: Vec<&str> = spec.state.iter().map(|s| s.output.as_str()).collect();
                     let path = config.path.join(&prefill.model_file);
-                    Some(open_graph(&env, config, &path, &outputs)?.0)
+                    Some(open_graph(&env, config, &path, false, &outputs)?.0)
                 }
                 None => None,
             },
@@ -287,6 +302,7 @@ impl Model {
             &self.manifest,
             &self.vocabulary,
             &outputs,
+            self.full.ranking,
             rows,
             &seen,
             exclude_seen,
@@ -356,6 +372,7 @@ impl Model {
             &self.manifest,
             &self.vocabulary,
             &outputs,
+            graph.ranking,
             rows,
             seen,
             exclude_seen,
@@ -408,16 +425,46 @@ fn read_state_outputs(
     Ok(new_states)
 }
 
-/// Reads `top_items`/`top_scores` [rows, candidates] and keeps the best `k` per row, leaving out the
-/// row's `seen` items when asked.
+/// Each row's best `k` items, leaving out the row's `seen` items when asked: picked from `scores`
+/// or read from the graph's own ranking ([`Ranking`]).
 fn top_k(
     manifest: &Manifest,
     vocabulary: &Vocabulary,
     outputs: &ort::session::SessionOutputs<'_>,
+    ranking: Option<Ranking>,
     rows: usize,
     seen: &[&[i64]],
     exclude_seen: bool,
 ) -> Result<Vec<TopK>, ModelError> {
+    let named = |(i, s): (i64, f32)| {
+        vocabulary.id_of(i).map(|id| ScoredItem {
+            item_id: id.to_string(),
+            score: s,
+        })
+    };
+    if ranking == Some(Ranking::Scores) {
+        let (_, scores) = outputs["scores"]
+            .try_extract_tensor::<f32>()
+            .map_err(run_err)?;
+        let width = manifest.n_items + 1;
+        if scores.len() != rows * width {
+            return Err(run_err(format!(
+                "expected {rows}×{width} scores, got {}; the manifest's `n_items` does not match the graph",
+                scores.len()
+            )));
+        }
+        return Ok(scores
+            .chunks(width)
+            .zip(seen)
+            .map(|(row, seen)| {
+                let skip = if exclude_seen { *seen } else { &[] };
+                best_k(row, manifest.k, skip)
+                    .into_iter()
+                    .filter_map(named)
+                    .collect()
+            })
+            .collect());
+    }
     let (_, items) = outputs["top_items"]
         .try_extract_tensor::<i64>()
         .map_err(run_err)?;
@@ -439,22 +486,35 @@ fn top_k(
         .map(|((items, scores), seen)| {
             items
                 .iter()
-                .zip(scores)
+                .copied()
+                .zip(scores.iter().copied())
                 .filter(|(i, _)| !(exclude_seen && seen.contains(i)))
-                .filter_map(|(&i, &s)| {
-                    vocabulary.id_of(i).map(|id| ScoredItem {
-                        item_id: id.to_string(),
-                        score: s,
-                    })
-                })
+                .filter_map(named)
                 .take(k)
                 .collect()
         })
         .collect())
 }
 
-/// The outputs a recommender's graphs are read for (the rest, such as `scores`, are not fetched).
-const RANKED: [&str; 2] = ["top_items", "top_scores"];
+/// The `k` highest of one row of scores (index 0 is padding and never ranked), best first, equal
+/// scores in index order as ONNX's TopK returns them; `skip` items and NaN scores are left out.
+/// One pass: an item costs one comparison unless it beats the k-th best so far.
+fn best_k(scores: &[f32], k: usize, skip: &[i64]) -> Vec<(i64, f32)> {
+    let mut best: Vec<(i64, f32)> = Vec::with_capacity(k + 1);
+    for (i, &s) in scores.iter().enumerate().skip(1) {
+        if k == 0 || s.is_nan() || (best.len() == k && s <= best[k - 1].1) {
+            continue;
+        }
+        let i = i as i64;
+        if skip.contains(&i) {
+            continue;
+        }
+        let at = best.partition_point(|&(_, b)| b >= s);
+        best.insert(at, (i, s));
+        best.truncate(k);
+    }
+    best
+}
 
 /// What `run` would load, checked without loading it (`longmem check-config`): the model's and the
 /// forecaster's manifests (with supply on), every graph and vocabulary file they name, and the ONNX
@@ -491,11 +551,14 @@ pub fn check_installed(config: &crate::config::Config) -> Result<String, ModelEr
     ))
 }
 
-/// Opens one graph on the configured execution provider, fetching only `outputs` (each must exist).
+/// Opens one graph on the configured execution provider, fetching only `outputs` (each must exist)
+/// and, for a recommender graph (`ranked`), what its rows are ranked from: `scores` when the graph
+/// has no `top_items` of its own, else `top_items` and `top_scores`.
 fn open_graph(
     env: &ort::environment::Environment,
     config: &ModelConfig,
     path: &Path,
+    ranked: bool,
     outputs: &[&str],
 ) -> Result<(Graph, ExecutionProvider), ModelError> {
     let load_err = |e: &dyn std::fmt::Display| ModelError::Load {
@@ -514,8 +577,17 @@ fn open_graph(
     };
     let session = builder.commit_from_file(path).map_err(|e| load_err(&e))?;
     let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    let ranking = ranked.then(|| match names.contains(&"top_items") {
+        true => Ranking::InGraph,
+        false => Ranking::Scores,
+    });
+    let ranked_from: &[&str] = match ranking {
+        Some(Ranking::Scores) => &["scores"],
+        Some(Ranking::InGraph) => &["top_items", "top_scores"],
+        None => &[],
+    };
     let mut selector = ort::session::OutputSelector::no_default();
-    for wanted in outputs {
+    for wanted in ranked_from.iter().chain(outputs) {
         if !names.contains(wanted) {
             return Err(load_err(&format!(
                 "the graph has no output `{wanted}` (it has {names:?})"
@@ -530,6 +602,7 @@ fn open_graph(
         Graph {
             session,
             run_options,
+            ranking,
         },
         provider,
     ))
@@ -584,6 +657,41 @@ mod tests {
         assert_eq!(v.id_of(0), None);
         assert_eq!(v.id_of(4), None);
         assert!(Vocabulary::load(&path, 4).is_err());
+    }
+
+    /// A full sort of the row, as ONNX's TopK orders it (higher score first, then lower index).
+    fn sorted_best(scores: &[f32], k: usize, skip: &[i64]) -> Vec<(i64, f32)> {
+        let mut all: Vec<(i64, f32)> = (1..scores.len() as i64)
+            .map(|i| (i, scores[i as usize]))
+            .filter(|(i, s)| !s.is_nan() && !skip.contains(i))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(k);
+        all
+    }
+
+    #[test]
+    fn best_k_ranks_like_a_full_sort_and_leaves_out_padding_seen_items_and_nan() {
+        // Ties at the k-th place, NaN, negative scores, padding (index 0) scoring highest.
+        let scores = [9.0, 1.0, 3.0, f32::NAN, 3.0, -1.0, 3.0, 0.5, 2.0];
+        assert_eq!(best_k(&scores, 3, &[]), vec![(2, 3.0), (4, 3.0), (6, 3.0)]);
+        assert_eq!(best_k(&scores, 3, &[4]), vec![(2, 3.0), (6, 3.0), (8, 2.0)]);
+        assert_eq!(best_k(&scores, 0, &[]), vec![]);
+        // More wanted than there are items: every ranked item, once.
+        assert_eq!(best_k(&scores, 20, &[]).len(), 7);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn best_k_equals_the_head_of_a_full_sort(
+            // Few distinct values, so ties are common.
+            row in proptest::collection::vec(-4i8..4, 1..200),
+            k in 0usize..30,
+            skip in proptest::collection::vec(0i64..200, 0..50),
+        ) {
+            let scores: Vec<f32> = row.iter().map(|&v| f32::from(v) / 2.0).collect();
+            proptest::prop_assert_eq!(best_k(&scores, k, &skip), sorted_best(&scores, k, &skip));
+        }
     }
 
     #[test]

@@ -13,9 +13,13 @@ from .data import left_pad
 from .models import FullGraph, PrefillGraph, StepGraph
 
 
-def export(model, out_dir, candidates):
+RANKING = ("top_items", "top_scores")
+
+
+def export(model, out_dir, candidates, rank_in_graph=False):
     """Writes model.onnx (full) and step.onnx; returns the step graph's state description, or None
-    for a model without an exact step (it gets the full graph only)."""
+    for a model without an exact step (it gets the full graph only). The graphs end at `scores`
+    unless `rank_in_graph` keeps their TopK (`top_items`, `top_scores`): see `drop_ranking`."""
     model.eval()
     full = FullGraph(model, candidates)
     example = torch.ones(2, model.window, dtype=torch.long)
@@ -25,6 +29,8 @@ def export(model, out_dir, candidates):
                       opset_version=17, dynamo=False,
                       do_constant_folding=False)  # folding would store transposed copies of shared weights
     if not getattr(model, "exact_step", True):
+        if not rank_in_graph:
+            drop_ranking(f"{out_dir}/model.onnx")
         share_weights(out_dir, ["model.onnx"])
         return None
     shapes = model.state_shapes(3)
@@ -43,6 +49,9 @@ def export(model, out_dir, candidates):
                       dynamic_axes=dyn, opset_version=17, dynamo=False,
                       do_constant_folding=False)  # folding would store transposed copies of shared weights
     graphs = ["model.onnx", "step.onnx"]
+    if not rank_in_graph:
+        for g in graphs:
+            drop_ranking(f"{out_dir}/{g}")
     if hasattr(model, "prefill"):
         export_prefill(model, out_dir, names, batch_axis)
         graphs.append("prefill.onnx")
@@ -52,6 +61,48 @@ def export(model, out_dir, candidates):
          "shape": ["batch" if i == batch_axis[n] else d for i, d in enumerate(shapes[n])], "batch_axis": batch_axis[n]}
         for n in names
     ]
+
+
+def ranked_outputs(candidates, in_graph):
+    """The manifest's entries for a graph's own ranking: none when the daemon ranks `scores`."""
+    if not in_graph:
+        return []
+    return [{"name": "top_items", "dtype": "int64", "shape": ["batch", candidates]},
+            {"name": "top_scores", "dtype": "float32", "shape": ["batch", candidates]}]
+
+
+def drop_ranking(path):
+    """Cuts a recommender graph's TopK and its outputs (`top_items`, `top_scores`) away, leaving
+    `scores` for the daemon to rank: onnxruntime's TopK over 1,683 items was 45% of sasrec-ml100k's
+    step graph on CPU, and the daemon picks the best k in one pass, leaving seen items out as it goes
+    (docs/performance.md, "Ranking"). Everything else, the weights included, stays as it was; a graph
+    stored with external weights keeps pointing at them. Returns whether the graph changed."""
+    model = onnx.load(path, load_external_data=False)
+    graph = model.graph
+    outputs = [o for o in graph.output if o.name not in RANKING]
+    if len(outputs) == len(graph.output):
+        return False
+    if not any(o.name == "scores" for o in outputs):
+        raise ValueError(f"{path} has no `scores` output to rank from")
+    del graph.output[:]
+    graph.output.extend(outputs)
+    # Keep the nodes the remaining outputs need, walking back from them (nodes are topologically sorted).
+    needed = {o.name for o in outputs}
+    kept = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    for field in (graph.initializer, graph.value_info):
+        unused = [t for t in field if t.name not in needed]
+        for t in unused:
+            field.remove(t)
+    onnx.save(model, path)
+    onnx.checker.check_model(path)       # by path: external weights resolve next to the graph
+    return True
 
 
 def export_prefill(model, out_dir, names, batch_axis):
@@ -117,10 +168,10 @@ def run_steps(step_sess, state_spec, prefixes, with_state=False):
         if not active.any():
             continue
         feeds = {"item": np.where(active, items, 1), **state}
-        out = step_sess.run(None, feeds)
-        new_scores = out[2]
+        out = step_sess.run(["scores", *[s["output"] for s in state_spec]], feeds)
+        new_scores = out[0]
         scores = new_scores if scores is None else np.where(active[:, None], new_scores, scores)
-        for s, new in zip(state_spec, out[3:]):
+        for s, new in zip(state_spec, out[1:]):
             mask = active.reshape([-1 if i == s["batch_axis"] else 1 for i in range(new.ndim)])
             state[s["name"]] = np.where(mask, new, state[s["name"]])
     return (scores, state) if with_state else scores
@@ -199,7 +250,8 @@ def us_per_row(sess, outputs, feeds, rows, seconds):
 
 
 def cost_per_event(out_dir, state_spec, window, n_items, seconds=2.0):
-    """µs per event through onnxruntime on one thread, for full and step at batch 1 and 256."""
+    """µs per event through onnxruntime on one thread, for full and step at batch 1 and 256 (the
+    graphs alone: a graph ending at `scores` leaves the ranking to the daemon)."""
     full = session(f"{out_dir}/model.onnx", 1)
     step = session(f"{out_dir}/step.onnx", 1)
     rng = np.random.default_rng(0)
@@ -213,6 +265,8 @@ def cost_per_event(out_dir, state_spec, window, n_items, seconds=2.0):
             state["cache_mask"] = np.ones_like(state["cache_mask"])
         feeds_step = {"item": x[:, -1], **state}
         for name, sess, feeds in (("full", full, feeds_full), ("step", step, feeds_step)):
-            outs = ["top_items", "top_scores"] + ([s["output"] for s in state_spec] if name == "step" else [])
+            # What the daemon fetches: the graph's own ranking, or every score for it to rank.
+            ranked = [o.name for o in sess.get_outputs() if o.name in RANKING] or ["scores"]
+            outs = ranked + ([s["output"] for s in state_spec] if name == "step" else [])
             result[f"{name}_batch{b}_us_per_event"] = us_per_row(sess, outs, feeds, b, seconds)
     return result

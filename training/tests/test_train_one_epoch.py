@@ -53,6 +53,15 @@ class OneEpoch(unittest.TestCase):
             with open(os.path.join(out, "items.txt")) as f:
                 self.assertEqual(len(f.read().split()), manifest["n_items"])
             self.assertEqual(metrics["epochs"], 1)
+            # The graphs end at `scores` for the daemon to rank, unless asked to rank themselves.
+            import onnx
+            in_graph = "--rank-in-graph" in extra
+            for graph in ("model.onnx", "step.onnx"):
+                g = onnx.load(os.path.join(out, graph), load_external_data=False).graph
+                self.assertEqual(any(n.op_type == "TopK" for n in g.node), in_graph, graph)
+                self.assertEqual("top_items" in [o.name for o in g.output], in_graph, graph)
+            self.assertEqual("top_items" in [o["name"] for o in manifest["outputs"]], in_graph)
+            self.assertEqual("candidates" in manifest, in_graph)
             # Step vs full graph, every test user, through onnxruntime.
             parity = metrics["parity"]
             self.assertGreater(parity["users"], 0)
@@ -102,6 +111,10 @@ class OneEpoch(unittest.TestCase):
 
     def test_gru4rec(self):
         self.check("gru4rec")
+
+    def test_gru4rec_ranked_in_graph(self):
+        manifest = self.check("gru4rec", ["--rank-in-graph"])
+        self.assertEqual(manifest["step"]["outputs"], ["top_items", "top_scores", "scores"])
 
     def test_memory(self):
         self.check("memory")
