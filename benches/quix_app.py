@@ -42,9 +42,13 @@ def main():
         row = np.zeros((1, window), dtype=np.int64)
         if recent:
             row[0, window - len(recent):] = recent
-        top_items, top_scores = session.run(["top_items", "top_scores"], {"item_seq": row})
-        seen = set(recent)
-        picked = [(int(i), float(s)) for i, s in zip(top_items[0], top_scores[0]) if i > 0 and i not in seen][:k]
+        # The graph returns every item's score, as longmem takes it; the best k unseen, with numpy.
+        scores = session.run(["scores"], {"item_seq": row})[0][0]
+        scores[0] = -np.inf
+        scores[recent] = -np.inf
+        best = np.argpartition(-scores, k)[:k]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        picked = [(int(i), float(scores[i])) for i in best]
         return {"user_id": event["user_id"], "model": {"name": manifest["name"], "version": manifest["version"]},
                 "items": [{"item_id": items[i - 1], "score": s} for i, s in picked]}
 

@@ -75,7 +75,7 @@ def drop_ranking(path):
     """Cuts a recommender graph's TopK and its outputs (`top_items`, `top_scores`) away, leaving
     `scores` for the daemon to rank: onnxruntime's TopK over 1,683 items was 45% of sasrec-ml100k's
     step graph on CPU, and the daemon picks the best k in one pass, leaving seen items out as it goes
-    (docs/performance.md, "Ranking"). Everything else, the weights included, stays as it was; a graph
+    (docs/performance.md, "Ranking in the daemon"). Everything else, the weights included, stays as it was; a graph
     stored with external weights keeps pointing at them. Returns whether the graph changed."""
     model = onnx.load(path, load_external_data=False)
     graph = model.graph
