@@ -132,7 +132,7 @@ impl StateTensors {
         match precision {
             StatePrecision::F32 => StateTensors::F32(tensors),
             // Whole slices at a time: eight lanes per F16C instruction where the CPU has it,
-            // against one call per float (a tenth of the pipeline thread on sasrec step).
+            // against one call per float (about a sixth of the pipeline thread on sasrec step).
             StatePrecision::F16 => StateTensors::F16(
                 tensors
                     .iter()

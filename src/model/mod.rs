@@ -135,8 +135,9 @@ struct Graph {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ranking {
     /// The graph returns every item's score (`scores`) and the daemon keeps the best K, leaving the
-    /// row's seen items out as it goes. ONNX Runtime's TopK cost more than the rest of sasrec's
-    /// step graph on CPU (docs/performance.md, "Ranking in the daemon"), so the shipped graphs end at `scores`.
+    /// row's seen items out as it goes. ONNX Runtime's TopK cost about as much as the rest of
+    /// sasrec's step graph on CPU (docs/performance.md, "Ranking in the daemon"), so the shipped
+    /// graphs end at `scores`.
     Scores,
     /// The graph ranks (`top_items`, `top_scores`: `candidates` per row, seen items included) and
     /// the daemon drops the seen ones: a graph exported with its TopK, such as one for a GPU, where
