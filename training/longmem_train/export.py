@@ -28,9 +28,9 @@ def export(model, out_dir, candidates, rank_in_graph=False):
                       dynamic_axes={n: {0: "batch"} for n in ["item_seq", "top_items", "top_scores", "scores"]},
                       opset_version=17, dynamo=False,
                       do_constant_folding=False)  # folding would store transposed copies of shared weights
+    if not rank_in_graph:
+        drop_ranking(f"{out_dir}/model.onnx")
     if not getattr(model, "exact_step", True):
-        if not rank_in_graph:
-            drop_ranking(f"{out_dir}/model.onnx")
         share_weights(out_dir, ["model.onnx"])
         return None
     shapes = model.state_shapes(3)
@@ -48,10 +48,9 @@ def export(model, out_dir, candidates, rank_in_graph=False):
                       input_names=["item", *names], output_names=["top_items", "top_scores", "scores", *[n + "_out" for n in names]],
                       dynamic_axes=dyn, opset_version=17, dynamo=False,
                       do_constant_folding=False)  # folding would store transposed copies of shared weights
-    graphs = ["model.onnx", "step.onnx"]
     if not rank_in_graph:
-        for g in graphs:
-            drop_ranking(f"{out_dir}/{g}")
+        drop_ranking(f"{out_dir}/step.onnx")
+    graphs = ["model.onnx", "step.onnx"]
     if hasattr(model, "prefill"):
         export_prefill(model, out_dir, names, batch_axis)
         graphs.append("prefill.onnx")
@@ -75,8 +74,9 @@ def drop_ranking(path):
     """Cuts a recommender graph's TopK and its outputs (`top_items`, `top_scores`) away, leaving
     `scores` for the daemon to rank: onnxruntime's TopK over 1,683 items was 45% of sasrec-ml100k's
     step graph on CPU, and the daemon picks the best k in one pass, leaving seen items out as it goes
-    (docs/performance.md, "Ranking in the daemon"). Everything else, the weights included, stays as it was; a graph
-    stored with external weights keeps pointing at them. Returns whether the graph changed."""
+    (docs/performance.md, "Ranking in the daemon"). Everything else, the weights included, stays as
+    it was; a graph stored with external weights keeps pointing at them. Returns whether the graph
+    changed."""
     model = onnx.load(path, load_external_data=False)
     graph = model.graph
     outputs = [o for o in graph.output if o.name not in RANKING]
