@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::config::StatePrecision;
 use crate::event::{Event, EventType, UserEvent};
 use crate::memory::{Memories, ModelState, StateCache, StateTensors, StoreError, UserMemory};
-use crate::model::{Model, ModelError, StateSpec, TopK};
+use crate::model::{Model, ModelError, TopK};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecommendError {
@@ -65,7 +65,8 @@ pub struct Rebuilt {
 struct Lane {
     user: String,
     pending: VecDeque<(i64, Option<usize>)>,
-    state: Vec<Vec<f32>>,
+    /// Stepped in place, at the precision it is kept at between batches.
+    state: StateTensors,
     /// The last `window` item indices stepped, for leaving seen items out.
     seen: VecDeque<i64>,
 }
@@ -90,6 +91,12 @@ pub fn answer(
     let from_window = model.state_from_window();
     let owner = model.state_owner();
     let window = model.manifest.window;
+    // A lane's state is held, and stepped, at the precision it is kept at between batches, so no
+    // per-user copy is made on the way in or out.
+    let lane_precision = match from_window {
+        true => cache.precision(),
+        false => precision,
+    };
     let mut memories: HashMap<String, UserMemory> = HashMap::new();
     let mut answers: Vec<Answered> = Vec::new();
     let mut lanes: Vec<Lane> = Vec::new();
@@ -113,10 +120,15 @@ pub fn answer(
         if stepping && !lane_of.contains_key(&e.user_id) {
             lane_of.insert(e.user_id.clone(), lanes.len());
             let kept = match from_window {
-                true => cache.get(&e.user_id, memory),
+                true => cache.take(&e.user_id, memory),
                 false => None,
             };
-            let lane = match open_lane(model, memory, kept, &owner, &e.user_id) {
+            let opening = Opening {
+                kept,
+                owner: &owner,
+                precision: lane_precision,
+            };
+            let lane = match open_lane(model, memory, opening, &e.user_id) {
                 Opened::Ready(lane) => lane,
                 Opened::Rebuild(lane) if model.has_prefill() => {
                     rebuilt.prefilled += 1;
@@ -129,7 +141,7 @@ pub fn answer(
                 }
                 Opened::Rebuild(mut lane) => {
                     rebuilt.replayed += 1;
-                    lane.replay(model, memory);
+                    lane.replay(model, memory, lane_precision);
                     lane
                 }
             };
@@ -160,7 +172,7 @@ pub fn answer(
         }
     }
     if !prefill_lanes.is_empty() {
-        let states = model.prefill(prefill_rows, prefill_lanes.len())?;
+        let states = model.prefill(prefill_rows, prefill_lanes.len(), lane_precision)?;
         for (l, state) in prefill_lanes.into_iter().zip(states) {
             lanes[l].state = state;
         }
@@ -178,7 +190,7 @@ pub fn answer(
         } else {
             memory.model_state = Some(ModelState {
                 owner: owner.clone(),
-                tensors: StateTensors::encode(lane.state, precision),
+                tensors: lane.state,
             });
         }
     }
@@ -208,28 +220,34 @@ enum Opened {
     Rebuild(Lane),
 }
 
+/// What a lane may start from.
+struct Opening<'a> {
+    /// The state kept in the [`StateCache`] for the record as it is now.
+    kept: Option<StateTensors>,
+    /// The model that may have written a state stored with the record (`name@version`).
+    owner: &'a str,
+    /// The precision the lane's state is held at.
+    precision: StatePrecision,
+}
+
 /// Starts a user's lane from their state: `kept` in the cache, else the one stored with the record
-/// when this model wrote it (also a record written before the cache existed). A state is allocated
-/// only where none is found and nothing is to be rebuilt.
-fn open_lane(
-    model: &Model,
-    memory: &UserMemory,
-    kept: Option<Vec<Vec<f32>>>,
-    owner: &str,
-    user: &str,
-) -> Opened {
-    let tensors = model.step_state().map_or(0, <[StateSpec]>::len);
-    let state = kept.or_else(|| {
-        memory
-            .model_state
-            .as_ref()
-            .filter(|s| s.owner == owner && s.tensors.len() == tensors)
-            .map(|s| s.tensors.to_f32())
-    });
+/// when this model wrote it in the shape it takes (also a record written before the cache
+/// existed), which the lane takes over: the record gets the lane's state back after the batch. A
+/// state is allocated only where none is found and nothing is to be rebuilt.
+fn open_lane(model: &Model, memory: &mut UserMemory, opening: Opening<'_>, user: &str) -> Opened {
+    let lengths = model.state_lengths();
+    let stored = memory
+        .model_state
+        .take()
+        .filter(|s| s.owner == opening.owner && s.tensors.has_lengths(&lengths));
+    let state = opening
+        .kept
+        .or_else(|| stored.map(|s| s.tensors))
+        .map(|s| s.at_precision(opening.precision));
     let mut lane = Lane {
         user: user.to_string(),
         pending: VecDeque::new(),
-        state: Vec::new(),
+        state: StateTensors::default(),
         seen: VecDeque::new(),
     };
     let window = model.manifest.window;
@@ -248,7 +266,7 @@ fn open_lane(
         }
         // A user with nothing remembered has nothing to rebuild.
         None if memory.recent_items.is_empty() => {
-            lane.state = model.empty_state();
+            lane.state = model.empty_state(opening.precision);
             Opened::Ready(lane)
         }
         None => {
@@ -260,8 +278,8 @@ fn open_lane(
 
 impl Lane {
     /// Queues the user's remembered items to be stepped again ahead of this batch's events.
-    fn replay(&mut self, model: &Model, memory: &UserMemory) {
-        self.state = model.empty_state();
+    fn replay(&mut self, model: &Model, memory: &UserMemory, precision: StatePrecision) {
+        self.state = model.empty_state(precision);
         self.seen.clear();
         let replay = memory
             .recent_items
@@ -271,6 +289,8 @@ impl Lane {
     }
 }
 
+/// Steps every lane's pending items, one round per call of the step graph: round r takes the r-th
+/// pending item of each lane that has one, and steps its state in place.
 fn step_rounds(
     model: &mut Model,
     lanes: &mut [Lane],
@@ -279,36 +299,28 @@ fn step_rounds(
     exclude_seen: bool,
 ) -> Result<(), ModelError> {
     loop {
-        let active: Vec<usize> = (0..lanes.len())
-            .filter(|&l| !lanes[l].pending.is_empty())
-            .collect();
-        if active.is_empty() {
-            return Ok(());
-        }
-        let mut items = Vec::with_capacity(active.len());
-        let mut slots = Vec::with_capacity(active.len());
-        for &l in &active {
-            let (item, slot) = lanes[l]
-                .pending
-                .pop_front()
-                .expect("active lanes have pending items");
-            let seen = &mut lanes[l].seen;
-            seen.push_back(item);
-            if seen.len() > window {
-                seen.pop_front();
+        let mut items = Vec::with_capacity(lanes.len());
+        let mut slots = Vec::with_capacity(lanes.len());
+        let mut seen: Vec<&[i64]> = Vec::with_capacity(lanes.len());
+        let mut states: Vec<&mut StateTensors> = Vec::with_capacity(lanes.len());
+        for lane in lanes.iter_mut() {
+            let Some((item, slot)) = lane.pending.pop_front() else {
+                continue;
+            };
+            lane.seen.push_back(item);
+            if lane.seen.len() > window {
+                lane.seen.pop_front();
             }
             items.push(item);
             slots.push(slot);
+            seen.push(lane.seen.make_contiguous());
+            states.push(&mut lane.state);
         }
-        let seen: Vec<Vec<i64>> = active
-            .iter()
-            .map(|&l| lanes[l].seen.iter().copied().collect())
-            .collect();
-        let seen_refs: Vec<&[i64]> = seen.iter().map(Vec::as_slice).collect();
-        let states: Vec<&[Vec<f32>]> = active.iter().map(|&l| lanes[l].state.as_slice()).collect();
-        let (top, new_states) = model.step(items, &states, &seen_refs, exclude_seen)?;
-        for (((&l, slot), items), state) in active.iter().zip(slots).zip(top).zip(new_states) {
-            lanes[l].state = state;
+        if items.is_empty() {
+            return Ok(());
+        }
+        let top = model.step(items, &mut states, &seen, exclude_seen)?;
+        for (slot, items) in slots.into_iter().zip(top) {
             if let Some(slot) = slot {
                 answers[slot].items = items;
             }

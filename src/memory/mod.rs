@@ -158,6 +158,64 @@ impl StateTensors {
         }
     }
 
+    /// Zeros of these lengths at `precision`: the state of a user the model has seen nothing of.
+    pub fn zeros(lengths: impl IntoIterator<Item = usize>, precision: StatePrecision) -> Self {
+        let lengths = lengths.into_iter();
+        match precision {
+            StatePrecision::F32 => StateTensors::F32(lengths.map(|n| vec![0.0; n]).collect()),
+            // +0.0 in half precision is the all-zero bit pattern.
+            StatePrecision::F16 => StateTensors::F16(lengths.map(|n| vec![0; n]).collect()),
+        }
+    }
+
+    pub fn precision(&self) -> StatePrecision {
+        match self {
+            StateTensors::F32(_) => StatePrecision::F32,
+            StateTensors::F16(_) => StatePrecision::F16,
+        }
+    }
+
+    /// The same values at `precision` (unchanged when already there).
+    pub fn at_precision(self, precision: StatePrecision) -> Self {
+        match (self.precision(), precision) {
+            (now, wanted) if now == wanted => self,
+            _ => StateTensors::encode(self.to_f32(), precision),
+        }
+    }
+
+    /// Whether tensor `n` has `len` values for each `(n, len)`, and there are no others.
+    pub fn has_lengths(&self, lengths: &[usize]) -> bool {
+        let held: Vec<usize> = match self {
+            StateTensors::F32(t) => t.iter().map(Vec::len).collect(),
+            StateTensors::F16(t) => t.iter().map(Vec::len).collect(),
+        };
+        held == lengths
+    }
+
+    /// Writes tensor `n`'s values `from..from + out.len()` into `out` as the model takes them (f32):
+    /// a batch tensor is filled straight from what is held, without a per-user copy between.
+    pub fn read_f32(&self, n: usize, from: usize, out: &mut [f32]) {
+        let range = from..from + out.len();
+        match self {
+            StateTensors::F32(t) => out.copy_from_slice(&t[n][range]),
+            StateTensors::F16(t) => t[n][range]
+                .reinterpret_cast::<half::f16>()
+                .convert_to_f32_slice(out),
+        }
+    }
+
+    /// Overwrites tensor `n`'s values from `at` with `values`, at this state's precision: a
+    /// batch's new state goes straight back where the old one was held.
+    pub fn write_f32(&mut self, n: usize, at: usize, values: &[f32]) {
+        let range = at..at + values.len();
+        match self {
+            StateTensors::F32(t) => t[n][range].copy_from_slice(values),
+            StateTensors::F16(t) => t[n][range]
+                .reinterpret_cast_mut::<half::f16>()
+                .convert_from_f32_slice(values),
+        }
+    }
+
     /// How many tensors.
     pub fn len(&self) -> usize {
         match self {

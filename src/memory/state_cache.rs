@@ -48,23 +48,31 @@ impl StateCache {
     }
 
     /// The state computed with `memory` as it is now, if still held.
-    pub fn get(&mut self, user: &str, memory: &UserMemory) -> Option<Vec<Vec<f32>>> {
-        let entry = self.entries.get(user)?;
-        if entry.events == memory.events() {
-            return Some(entry.tensors.to_f32());
+    pub fn get(&mut self, user: &str, memory: &UserMemory) -> Option<&StateTensors> {
+        if self.entries.get(user)?.events != memory.events() {
+            if let Some(stale) = self.entries.pop(user) {
+                self.used -= stale.cost(user);
+            }
+            return None;
         }
-        if let Some(stale) = self.entries.pop(user) {
-            self.used -= stale.cost(user);
-        }
-        None
+        self.entries.peek(user).map(|entry| &entry.tensors)
     }
 
-    /// Keeps `state`, the state after the events `memory` has counted, evicting the least recently
-    /// used users beyond the budget.
-    pub fn put(&mut self, user: &str, memory: &UserMemory, state: Vec<Vec<f32>>) {
+    /// Takes out the state computed with `memory` as it is now, if still held: a batch steps it in
+    /// place and [`StateCache::put`]s it back, without copying it.
+    pub fn take(&mut self, user: &str, memory: &UserMemory) -> Option<StateTensors> {
+        self.get(user, memory)?;
+        let entry = self.entries.pop(user)?;
+        self.used -= entry.cost(user);
+        Some(entry.tensors)
+    }
+
+    /// Keeps `state`, the state after the events `memory` has counted (at the cache's precision),
+    /// evicting the least recently used users beyond the budget.
+    pub fn put(&mut self, user: &str, memory: &UserMemory, state: StateTensors) {
         let entry = Entry {
             events: memory.events(),
-            tensors: StateTensors::encode(state, self.precision),
+            tensors: state.at_precision(self.precision),
         };
         let cost = entry.cost(user);
         if cost > self.budget {
@@ -75,6 +83,11 @@ impl StateCache {
         }
         self.used += cost;
         self.evict_beyond_budget();
+    }
+
+    /// The precision states are kept at.
+    pub fn precision(&self) -> StatePrecision {
+        self.precision
     }
 
     /// A new budget (a shadow's cache becoming the live one); a smaller one evicts at once.
@@ -121,7 +134,7 @@ mod tests {
     fn a_new_budget_keeps_what_fits_and_evicts_the_rest() {
         let mut cache = StateCache::new(1 << 20, StatePrecision::F32);
         for (i, user) in ["a", "b", "c"].iter().enumerate() {
-            cache.put(user, &memory(i as u64 + 1), vec![vec![0.5; 1000]]);
+            cache.put(user, &memory(i as u64 + 1), f32s(vec![vec![0.5; 1000]]));
         }
         assert_eq!(cache.len(), 3);
         let one = cache.bytes() / 3;
@@ -136,6 +149,10 @@ mod tests {
         assert!(cache.get("c", &memory(3)).is_some());
     }
 
+    fn f32s(tensors: Vec<Vec<f32>>) -> StateTensors {
+        StateTensors::F32(tensors)
+    }
+
     fn memory(events: u64) -> UserMemory {
         UserMemory {
             clicks: events,
@@ -146,11 +163,19 @@ mod tests {
     #[test]
     fn an_entry_serves_only_the_record_it_was_computed_with() {
         let mut cache = StateCache::new(1 << 20, StatePrecision::F32);
-        cache.put("u", &memory(3), vec![vec![1.0, 2.0]]);
-        assert_eq!(cache.get("u", &memory(3)), Some(vec![vec![1.0, 2.0]]));
+        let state = f32s(vec![vec![1.0, 2.0]]);
+        cache.put("u", &memory(3), state.clone());
+        assert_eq!(cache.get("u", &memory(3)), Some(&state));
         // Another instance applied an event meanwhile, or this batch never committed.
         assert_eq!(cache.get("u", &memory(4)), None);
         assert_eq!(cache.get("u", &memory(3)), None, "a stale entry is dropped");
+        assert_eq!(cache.bytes(), 0);
+        // Taken out for a batch, it is no longer held (nor counted) until put back.
+        cache.put("u", &memory(3), state.clone());
+        assert_eq!(cache.take("u", &memory(4)), None, "stale");
+        cache.put("u", &memory(3), state.clone());
+        assert_eq!(cache.take("u", &memory(3)), Some(state.clone()));
+        assert!(cache.is_empty());
         assert_eq!(cache.bytes(), 0);
     }
 
@@ -159,10 +184,10 @@ mod tests {
         let one = ENTRY_OVERHEAD + 2 + 4 * 100;
         let mut cache = StateCache::new(3 * one as u64, StatePrecision::F32);
         for u in ["u1", "u2", "u3"] {
-            cache.put(u, &memory(1), vec![vec![0.5; 100]]);
+            cache.put(u, &memory(1), f32s(vec![vec![0.5; 100]]));
         }
         assert!(cache.get("u1", &memory(1)).is_some()); // u2 is now the oldest
-        cache.put("u4", &memory(1), vec![vec![0.5; 100]]);
+        cache.put("u4", &memory(1), f32s(vec![vec![0.5; 100]]));
         assert_eq!(cache.len(), 3);
         assert!(cache.bytes() <= 3 * one);
         assert!(cache.get("u2", &memory(1)).is_none());
@@ -174,16 +199,16 @@ mod tests {
     #[test]
     fn f16_halves_the_bytes_and_keeps_values_to_half_precision() {
         let mut cache = StateCache::new(1 << 20, StatePrecision::F16);
-        cache.put("u", &memory(1), vec![vec![0.1; 1000]]);
+        cache.put("u", &memory(1), f32s(vec![vec![0.1; 1000]]));
         assert_eq!(cache.bytes(), ENTRY_OVERHEAD + 1 + 2000);
-        let back = cache.get("u", &memory(1)).unwrap();
+        let back = cache.get("u", &memory(1)).unwrap().to_f32();
         assert!(back[0].iter().all(|v| (v - 0.1).abs() < 1e-3));
     }
 
     #[test]
     fn a_state_larger_than_the_budget_is_not_kept() {
         let mut cache = StateCache::new(64, StatePrecision::F32);
-        cache.put("u", &memory(1), vec![vec![0.0; 100]]);
+        cache.put("u", &memory(1), f32s(vec![vec![0.0; 100]]));
         assert!(cache.is_empty());
         assert_eq!(cache.bytes(), 0);
     }

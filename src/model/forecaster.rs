@@ -7,15 +7,17 @@
 
 use std::path::Path;
 
+use ort::session::SessionInputValue;
 use ort::value::Tensor;
 use serde::Deserialize;
 
 use super::manifest::read_manifest;
 use super::{
-    init_runtime, open_graph, push_state_inputs, read_state_outputs, run_err, Graph, ModelError,
-    StateSpec, UserState,
+    init_runtime, open_graph, push_state_inputs, run_err, write_state_outputs, Graph, ModelError,
+    StateSpec,
 };
-use crate::config::{ExecutionProvider, ModelConfig};
+use crate::config::{ExecutionProvider, ModelConfig, StatePrecision};
+use crate::memory::StateTensors;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ForecasterManifest {
@@ -105,13 +107,15 @@ impl Forecaster {
         format!("{}@{}", self.manifest.name, self.manifest.version)
     }
 
-    pub fn empty_state(&self) -> UserState {
-        self.manifest
-            .step
-            .state
-            .iter()
-            .map(|s| vec![0.0; s.floats_per_user()])
-            .collect()
+    /// The state of a SKU × location the forecaster has seen nothing of.
+    pub fn empty_state(&self) -> StateTensors {
+        StateTensors::zeros(self.state_lengths(), StatePrecision::F32)
+    }
+
+    /// Values per SKU × location in each state tensor.
+    pub fn state_lengths(&self) -> Vec<usize> {
+        let specs = &self.manifest.step.state;
+        specs.iter().map(StateSpec::floats_per_user).collect()
     }
 
     /// Floats in one row's `quantiles` output: horizon × levels.
@@ -120,38 +124,38 @@ impl Forecaster {
     }
 
     /// Steps one completed day per row. `weekday`: 0 = Monday. Returns each row's cumulative
-    /// demand quantiles (horizon × levels, row-major) and new state.
+    /// demand quantiles (horizon × levels, row-major); each row's state is replaced by its new one.
     pub fn step(
         &mut self,
         demand: Vec<f32>,
         weekday: Vec<i64>,
-        states: &[&[Vec<f32>]],
-    ) -> Result<(Vec<Vec<f32>>, Vec<UserState>), ModelError> {
+        states: &mut [&mut StateTensors],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let rows = demand.len();
         if rows == 0 {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Vec::new());
         }
         let per_row = self.quantiles_per_row();
         let spec = &self.manifest.step;
-        let mut inputs: Vec<(String, ort::value::DynValue)> = vec![
+        let mut inputs: Vec<(String, SessionInputValue<'_>)> = vec![
             (
                 "demand".into(),
                 Tensor::from_array(([rows], demand))
                     .map_err(run_err)?
-                    .into_dyn(),
+                    .into(),
             ),
             (
                 "day_of_week".into(),
                 Tensor::from_array(([rows], weekday))
                     .map_err(run_err)?
-                    .into_dyn(),
+                    .into(),
             ),
         ];
-        push_state_inputs(&spec.state, states, rows, &mut inputs)?;
-        let outputs = self
-            .graph
+        let graph = &mut self.graph;
+        push_state_inputs(&spec.state, states, &mut graph.state_batches, &mut inputs)?;
+        let outputs = graph
             .session
-            .run_with_options(inputs, &self.graph.run_options)
+            .run_with_options(inputs, &graph.run_options)
             .map_err(run_err)?;
         let (_, q) = outputs["quantiles"]
             .try_extract_tensor::<f32>()
@@ -163,7 +167,7 @@ impl Forecaster {
             )));
         }
         let quantiles = q.chunks(per_row).map(|c| c.to_vec()).collect();
-        let new_states = read_state_outputs(&spec.state, &outputs, rows)?;
-        Ok((quantiles, new_states))
+        write_state_outputs(&spec.state, &outputs, states)?;
+        Ok(quantiles)
     }
 }

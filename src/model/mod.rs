@@ -18,11 +18,12 @@ mod state;
 use std::path::{Path, PathBuf};
 
 pub use manifest::{Manifest, StateSpec, StepManifest, TensorSpec, Vocabulary};
-use ort::session::{RunOptions, Session};
-use ort::value::Tensor;
+use ort::session::{RunOptions, Session, SessionInputValue};
+use ort::value::{Tensor, TensorRef};
 
-use crate::config::{ExecutionProvider, ModelConfig, ModelMode};
+use crate::config::{ExecutionProvider, ModelConfig, ModelMode, StatePrecision};
 use crate::event::ScoredItem;
+use crate::memory::StateTensors;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -129,6 +130,9 @@ struct Graph {
     run_options: RunOptions<ort::session::HasSelectedOutputs>,
     /// How a recommender graph's rows become top K (None for graphs that only build state).
     ranking: Option<Ranking>,
+    /// One batch buffer per state input, kept between calls: a sasrec-ml100k batch of 256 is 6 MB,
+    /// and allocating it afresh cost page faults and zeroing on every micro-batch.
+    state_batches: Vec<Vec<f32>>,
 }
 
 /// Where a row's top K is chosen.
@@ -147,9 +151,6 @@ enum Ranking {
 
 /// Top-K items for one row of a batch.
 pub type TopK = Vec<ScoredItem>;
-
-/// One user's step-graph state: one flat tensor per state input, without the batch axis.
-pub type UserState = Vec<Vec<f32>>;
 
 fn run_err(e: impl std::fmt::Display) -> ModelError {
     ModelError::Run(e.to_string())
@@ -250,15 +251,15 @@ impl Model {
         format!("{}@{}", self.manifest.name, self.manifest.version)
     }
 
-    /// The state of a user the model has seen nothing of.
-    pub fn empty_state(&self) -> Vec<Vec<f32>> {
+    /// The state of a user the model has seen nothing of, held at `precision`.
+    pub fn empty_state(&self, precision: StatePrecision) -> StateTensors {
+        StateTensors::zeros(self.state_lengths(), precision)
+    }
+
+    /// Values per user in each state tensor of the step graph (none without one).
+    pub fn state_lengths(&self) -> Vec<usize> {
         self.step_state()
-            .map(|specs| {
-                specs
-                    .iter()
-                    .map(|s| vec![0.0; s.floats_per_user()])
-                    .collect()
-            })
+            .map(|specs| specs.iter().map(StateSpec::floats_per_user).collect())
             .unwrap_or_default()
     }
 
@@ -311,12 +312,14 @@ impl Model {
     }
 
     /// The `prefill` graph: each row's state after its window (`rows × window` indices, left-padded
-    /// as [`Model::encode_window`] writes them), equal to stepping the row's items one by one.
+    /// as [`Model::encode_window`] writes them), equal to stepping the row's items one by one; held
+    /// at `precision`.
     pub fn prefill(
         &mut self,
         item_seq: Vec<i64>,
         rows: usize,
-    ) -> Result<Vec<UserState>, ModelError> {
+        precision: StatePrecision,
+    ) -> Result<Vec<StateTensors>, ModelError> {
         let (Some(graph), Some(spec)) = (self.prefill.as_mut(), self.manifest.step.as_ref()) else {
             return Err(ModelError::Run("the prefill graph is not loaded".into()));
         };
@@ -336,78 +339,99 @@ impl Model {
                 &graph.run_options,
             )
             .map_err(run_err)?;
-        read_state_outputs(&spec.state, &outputs, rows)
+        let mut states: Vec<StateTensors> = (0..rows)
+            .map(|_| {
+                StateTensors::zeros(spec.state.iter().map(StateSpec::floats_per_user), precision)
+            })
+            .collect();
+        let mut rows: Vec<&mut StateTensors> = states.iter_mut().collect();
+        write_state_outputs(&spec.state, &outputs, &mut rows)?;
+        Ok(states)
     }
 
     /// The `step` graph for one round of a micro-batch: row r feeds `items[r]` to the state
-    /// `states[r]`. Returns each row's top-K and new state.
+    /// `states[r]`, which is replaced by the new state in place (at its own precision). Returns each
+    /// row's top-K.
     pub fn step(
         &mut self,
         items: Vec<i64>,
-        states: &[&[Vec<f32>]],
+        states: &mut [&mut StateTensors],
         seen: &[&[i64]],
         exclude_seen: bool,
-    ) -> Result<(Vec<TopK>, Vec<UserState>), ModelError> {
+    ) -> Result<Vec<TopK>, ModelError> {
         let rows = items.len();
         let (Some(graph), Some(spec)) = (self.step.as_mut(), self.manifest.step.as_ref()) else {
             return Err(ModelError::Run("the step graph is not loaded".into()));
         };
         if rows == 0 {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Vec::new());
         }
-        let mut inputs: Vec<(String, ort::value::DynValue)> =
+        let Graph {
+            session,
+            run_options,
+            ranking,
+            state_batches,
+        } = graph;
+        let mut inputs: Vec<(String, SessionInputValue<'_>)> =
             Vec::with_capacity(1 + spec.state.len());
         inputs.push((
             spec.item_input.clone(),
-            Tensor::from_array(([rows], items))
-                .map_err(run_err)?
-                .into_dyn(),
+            Tensor::from_array(([rows], items)).map_err(run_err)?.into(),
         ));
-        push_state_inputs(&spec.state, states, rows, &mut inputs)?;
-        let outputs = graph
-            .session
-            .run_with_options(inputs, &graph.run_options)
+        push_state_inputs(&spec.state, states, state_batches, &mut inputs)?;
+        let outputs = session
+            .run_with_options(inputs, run_options)
             .map_err(run_err)?;
-        let new_states = read_state_outputs(&spec.state, &outputs, rows)?;
         let top = top_k(
             &self.manifest,
             &self.vocabulary,
             &outputs,
-            graph.ranking,
+            *ranking,
             rows,
             seen,
             exclude_seen,
         )?;
-        Ok((top, new_states))
+        write_state_outputs(&spec.state, &outputs, states)?;
+        Ok(top)
     }
 }
 
-/// Adds each state tensor of a batch to a step graph's inputs: the rows' per-user slices stacked
-/// along the spec's batch axis.
-fn push_state_inputs(
+/// Adds each state tensor of a batch to a step graph's inputs: the rows' states stacked along the
+/// spec's batch axis in `buffers` (one per state input, kept between calls), which the inputs
+/// borrow.
+fn push_state_inputs<'b>(
     specs: &[StateSpec],
-    states: &[&[Vec<f32>]],
-    rows: usize,
-    inputs: &mut Vec<(String, ort::value::DynValue)>,
+    states: &[&mut StateTensors],
+    buffers: &'b mut Vec<Vec<f32>>,
+    inputs: &mut Vec<(String, SessionInputValue<'b>)>,
 ) -> Result<(), ModelError> {
-    for (n, s) in specs.iter().enumerate() {
-        let slices: Vec<&[f32]> = states.iter().map(|st| st[n].as_slice()).collect();
+    let lengths: Vec<usize> = specs.iter().map(StateSpec::floats_per_user).collect();
+    if let Some(bad) = states.iter().find(|s| !s.has_lengths(&lengths)) {
+        return Err(run_err(format!(
+            "a state of {} tensors does not fit the step graph's {lengths:?} values per user",
+            bad.len()
+        )));
+    }
+    let rows: Vec<&StateTensors> = states.iter().map(|s| &**s).collect();
+    buffers.resize_with(specs.len(), Vec::new);
+    for ((n, s), buffer) in specs.iter().enumerate().zip(buffers.iter_mut()) {
         let mut shape = s.dims();
-        shape[s.batch_axis] = rows;
-        let tensor = Tensor::from_array((shape, state::gather(s, &slices))).map_err(run_err)?;
-        inputs.push((s.input.clone(), tensor.into_dyn()));
+        shape[s.batch_axis] = rows.len();
+        let batch = state::gather(s, n, &rows, buffer);
+        let tensor = TensorRef::from_array_view((shape, batch)).map_err(run_err)?;
+        inputs.push((s.input.clone(), tensor.into()));
     }
     Ok(())
 }
 
-/// Splits a step graph's state outputs back into one state per row.
-fn read_state_outputs(
+/// Writes a graph's state outputs back into the rows' states, in place.
+fn write_state_outputs(
     specs: &[StateSpec],
     outputs: &ort::session::SessionOutputs<'_>,
-    rows: usize,
-) -> Result<Vec<UserState>, ModelError> {
-    let mut new_states: Vec<UserState> = vec![Vec::with_capacity(specs.len()); rows];
-    for s in specs {
+    states: &mut [&mut StateTensors],
+) -> Result<(), ModelError> {
+    let rows = states.len();
+    for (n, s) in specs.iter().enumerate() {
         let (_, batch) = outputs[s.output.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(run_err)?;
@@ -419,11 +443,9 @@ fn read_state_outputs(
                 s.floats_per_user()
             )));
         }
-        for (row, slice) in new_states.iter_mut().zip(state::scatter(s, batch, rows)) {
-            row.push(slice);
-        }
+        state::scatter(s, n, batch, states);
     }
-    Ok(new_states)
+    Ok(())
 }
 
 /// Each row's best `k` items, leaving out the row's `seen` items when asked: picked from `scores`
@@ -499,20 +521,34 @@ fn top_k(
 
 /// The `k` highest of one row of scores (index 0 is padding and never ranked), best first, equal
 /// scores in index order as ONNX's TopK returns them; `skip` items and NaN scores are left out.
-/// One pass: an item costs one comparison unless it beats the k-th best so far.
+/// One pass: once `k` are held, a block of scores none of which beats the k-th best costs one
+/// vectorised comparison, and that is nearly every block of a large catalogue.
 fn best_k(scores: &[f32], k: usize, skip: &[i64]) -> Vec<(i64, f32)> {
+    const BLOCK: usize = 16;
     let mut best: Vec<(i64, f32)> = Vec::with_capacity(k + 1);
-    for (i, &s) in scores.iter().enumerate().skip(1) {
-        if k == 0 || s.is_nan() || (best.len() == k && s <= best[k - 1].1) {
-            continue;
+    if k == 0 {
+        return best;
+    }
+    for (b, block) in scores.chunks(BLOCK).enumerate() {
+        if best.len() == k {
+            let floor = best[k - 1].1;
+            // `|` rather than `any`: no early exit, so the comparison vectorises. NaN beats nothing.
+            if !block.iter().fold(false, |beats, &s| beats | (s > floor)) {
+                continue;
+            }
         }
-        let i = i as i64;
-        if skip.contains(&i) {
-            continue;
+        for (j, &s) in block.iter().enumerate() {
+            let i = (b * BLOCK + j) as i64;
+            if i == 0 || s.is_nan() || (best.len() == k && s <= best[k - 1].1) {
+                continue;
+            }
+            if skip.contains(&i) {
+                continue;
+            }
+            let at = best.partition_point(|&(_, held)| held >= s);
+            best.insert(at, (i, s));
+            best.truncate(k);
         }
-        let at = best.partition_point(|&(_, b)| b >= s);
-        best.insert(at, (i, s));
-        best.truncate(k);
     }
     best
 }
@@ -604,6 +640,7 @@ fn open_graph(
             session,
             run_options,
             ranking,
+            state_batches: Vec::new(),
         },
         provider,
     ))
@@ -685,12 +722,19 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn best_k_equals_the_head_of_a_full_sort(
-            // Few distinct values, so ties are common.
-            row in proptest::collection::vec(-4i8..4, 1..200),
+            // Few distinct values, so ties are common; rows span several blocks; some NaN and -inf.
+            row in proptest::collection::vec(-4i8..5, 1..200),
             k in 0usize..30,
             skip in proptest::collection::vec(0i64..200, 0..50),
         ) {
-            let scores: Vec<f32> = row.iter().map(|&v| f32::from(v) / 2.0).collect();
+            let scores: Vec<f32> = row
+                .iter()
+                .map(|&v| match v {
+                    4 => f32::NAN,
+                    -4 => f32::NEG_INFINITY,
+                    v => f32::from(v) / 2.0,
+                })
+                .collect();
             proptest::prop_assert_eq!(best_k(&scores, k, &skip), sorted_best(&scores, k, &skip));
         }
     }
@@ -820,15 +864,14 @@ mod tests {
                 .iter()
                 .filter_map(|i| model.vocabulary.index_of(i))
                 .collect();
-            let mut state = model.empty_state();
+            let mut state = model.empty_state(StatePrecision::F32);
             let mut seen: Vec<i64> = Vec::new();
             for (t, &item) in items.iter().enumerate() {
                 seen.push(item);
                 let recent = &seen[seen.len().saturating_sub(window)..];
-                let (top, mut next) = model
-                    .step(vec![item], &[state.as_slice()], &[recent], true)
+                let top = model
+                    .step(vec![item], &mut [&mut state], &[recent], true)
                     .unwrap();
-                state = next.remove(0);
                 // Compare at a few points, including histories longer than the window.
                 if t % 17 == 16 || t + 1 == items.len() {
                     let mut row = Vec::new();

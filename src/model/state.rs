@@ -1,38 +1,52 @@
-//! Moving step-graph state between per-user slices (as the store keeps them) and batch tensors (as
-//! ONNX Runtime takes them). A state tensor's batch axis need not be the first: a Transformer's
+//! Moving step-graph state between per-user states (as the daemon holds them, f32 or f16) and batch
+//! tensors (as ONNX Runtime takes them, f32), converting on the way. A state tensor's batch axis need not be the first: a Transformer's
 //! key/value cache is [layers, batch, heads, span, head_dim], so a user's slice is `outer` blocks of
 //! `inner` floats, one block per leading index.
 
 use super::StateSpec;
+use crate::memory::StateTensors;
 
-/// Stacks per-user slices into one batch tensor along the spec's batch axis.
-pub fn gather(spec: &StateSpec, rows: &[&[f32]]) -> Vec<f32> {
+/// Stacks the rows' tensor `n` along the spec's batch axis into the front of `batch` (grown when
+/// too short, never shrunk: one buffer serves every micro-batch) and returns that part. Each row
+/// must hold `spec.floats_per_user()` values for tensor `n`.
+pub fn gather<'b>(
+    spec: &StateSpec,
+    n: usize,
+    rows: &[&StateTensors],
+    batch: &'b mut Vec<f32>,
+) -> &'b [f32] {
     let (outer, inner) = spec.outer_inner();
-    let mut batch = Vec::with_capacity(outer * inner * rows.len());
+    let len = outer * inner * rows.len();
+    if batch.len() < len {
+        batch.resize(len, 0.0);
+    }
+    let batch = &mut batch[..len];
     for o in 0..outer {
-        for row in rows {
-            batch.extend_from_slice(&row[o * inner..(o + 1) * inner]);
+        for (r, row) in rows.iter().enumerate() {
+            let at = (o * rows.len() + r) * inner;
+            row.read_f32(n, o * inner, &mut batch[at..at + inner]);
         }
     }
     batch
 }
 
-/// Splits a batch tensor back into per-user slices.
-pub fn scatter(spec: &StateSpec, batch: &[f32], rows: usize) -> Vec<Vec<f32>> {
+/// Writes a batch tensor's rows back into each row's tensor `n`, at that row's precision. Each row
+/// must already hold `spec.floats_per_user()` values for tensor `n`.
+pub fn scatter(spec: &StateSpec, n: usize, batch: &[f32], rows: &mut [&mut StateTensors]) {
     let (outer, inner) = spec.outer_inner();
-    let mut out = vec![Vec::with_capacity(outer * inner); rows];
+    let count = rows.len();
     for o in 0..outer {
-        for (r, row) in out.iter_mut().enumerate() {
-            let at = (o * rows + r) * inner;
-            row.extend_from_slice(&batch[at..at + inner]);
+        for (r, row) in rows.iter_mut().enumerate() {
+            let at = (o * count + r) * inner;
+            row.write_f32(n, o * inner, &batch[at..at + inner]);
         }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::StatePrecision;
 
     fn spec(shape: serde_json::Value, batch_axis: usize) -> StateSpec {
         StateSpec {
@@ -50,21 +64,53 @@ mod tests {
         // [layers=2, batch, 3]: user r's slice is [l0: 3 floats, l1: 3 floats].
         let s = spec(serde_json::json!([2, "batch", 3]), 1);
         assert_eq!(s.floats_per_user(), 6);
-        let a: Vec<f32> = (0..6).map(|v| v as f32).collect();
-        let b: Vec<f32> = (10..16).map(|v| v as f32).collect();
-        let batch = gather(&s, &[&a, &b]);
+        let a = StateTensors::F32(vec![(0..6).map(|v| v as f32).collect()]);
+        let b = StateTensors::F32(vec![(10..16).map(|v| v as f32).collect()]);
+        // A longer buffer from an earlier, larger batch: only its front is the batch.
+        let mut buffer = vec![-1.0; 20];
+        let batch = gather(&s, 0, &[&a, &b], &mut buffer).to_vec();
         assert_eq!(
             batch,
             vec![0., 1., 2., 10., 11., 12., 3., 4., 5., 13., 14., 15.]
         );
-        assert_eq!(scatter(&s, &batch, 2), vec![a, b]);
+        assert_eq!(buffer.len(), 20);
+        let mut a2 = StateTensors::zeros([6], StatePrecision::F32);
+        let mut b2 = StateTensors::zeros([6], StatePrecision::F32);
+        scatter(&s, 0, &batch, &mut [&mut a2, &mut b2]);
+        assert_eq!((a2, b2), (a, b));
     }
 
     #[test]
     fn leading_batch_axis_is_plain_concatenation() {
         let s = spec(serde_json::json!(["batch", 4]), 0);
-        let a = vec![1.0; 4];
-        let b = vec![2.0; 4];
-        assert_eq!(gather(&s, &[&a, &b]), [a.clone(), b.clone()].concat());
+        let a = StateTensors::F32(vec![vec![1.0; 4]]);
+        let b = StateTensors::F32(vec![vec![2.0; 4]]);
+        let mut buffer = Vec::new();
+        assert_eq!(
+            gather(&s, 0, &[&a, &b], &mut buffer),
+            [[1.0; 4], [2.0; 4]].concat()
+        );
+    }
+
+    /// f16 rows are widened into the batch and narrowed back into place, per tensor: the same
+    /// values as converting each row to f32 and back.
+    #[test]
+    fn half_precision_rows_convert_on_the_way_in_and_out() {
+        let s = spec(serde_json::json!([2, "batch", 3]), 1);
+        let values: Vec<f32> = vec![0.1, -2.5, 3.0e-3, 7.0, 65504.0, 1.0e-8];
+        let mut row = StateTensors::encode(vec![vec![9.0; 2], values.clone()], StatePrecision::F16);
+        let mut buffer = Vec::new();
+        let widened = gather(&s, 1, &[&row], &mut buffer).to_vec();
+        let expected = StateTensors::encode(vec![values], StatePrecision::F16).to_f32();
+        assert_eq!(widened, expected[0]);
+        let doubled: Vec<f32> = widened.iter().map(|v| v * 2.0).collect();
+        scatter(&s, 1, &doubled, &mut [&mut row]);
+        assert_eq!(row.precision(), StatePrecision::F16);
+        let back = row.to_f32();
+        assert_eq!(back[0], vec![9.0; 2], "other tensors untouched");
+        assert_eq!(
+            back[1],
+            StateTensors::encode(vec![doubled], StatePrecision::F16).to_f32()[0]
+        );
     }
 }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::sku::{self, assess, Assessment, Forecast, OpenAlert, RiskPolicy, SkuMemory, DAY_MS};
 use crate::config::SupplyConfig;
 use crate::event::{Direction, Event, InMessage, ModelRef, ShipmentStatus, SourceRef, SupplyEvent};
-use crate::memory::{Memories, ModelState, StoreError};
+use crate::memory::{Memories, ModelState, StateTensors, StoreError};
 use crate::model::forecaster::Forecaster;
 use crate::model::ModelError;
 
@@ -227,7 +227,9 @@ impl SupplyStage {
             }
             let mut demand = Vec::with_capacity(waiting.len());
             let mut weekday = Vec::with_capacity(waiting.len());
-            let mut states: Vec<Vec<Vec<f32>>> = Vec::with_capacity(waiting.len());
+            // A state of another shape (a damaged record) starts again, like another owner's.
+            let lengths = self.forecaster.state_lengths();
+            let mut states: Vec<StateTensors> = Vec::with_capacity(waiting.len());
             let mut days = Vec::with_capacity(waiting.len());
             for &l in &waiting {
                 let (day, units) = lanes[l].days.pop_front().expect("waiting");
@@ -238,20 +240,21 @@ impl SupplyStage {
                     memory
                         .forecaster
                         .as_ref()
-                        .map(|s| s.tensors.to_f32())
+                        .map(|s| s.tensors.clone())
+                        .filter(|t| t.has_lengths(&lengths))
                         .unwrap_or_else(|| self.forecaster.empty_state()),
                 );
                 days.push(day);
             }
             let t = Instant::now();
-            let refs: Vec<&[Vec<f32>]> = states.iter().map(|s| s.as_slice()).collect();
-            let (quantiles, new_states) = self.forecaster.step(demand, weekday, &refs)?;
+            let mut refs: Vec<&mut StateTensors> = states.iter_mut().collect();
+            let quantiles = self.forecaster.step(demand, weekday, &mut refs)?;
             outcome.inference += t.elapsed();
-            for (((&l, day), q), state) in waiting.iter().zip(days).zip(quantiles).zip(new_states) {
+            for (((&l, day), q), state) in waiting.iter().zip(days).zip(quantiles).zip(states) {
                 let memory = memories.get_mut(&lanes[l].key).expect("loaded above");
                 memory.forecaster = Some(ModelState {
                     owner: owner.clone(),
-                    tensors: state.into(),
+                    tensors: state,
                 });
                 memory.forecast = Some(Forecast {
                     first_day: day + 1,
