@@ -522,33 +522,48 @@ fn top_k(
 /// The `k` highest of one row of scores (index 0 is padding and never ranked), best first, equal
 /// scores in index order as ONNX's TopK returns them; `skip` items and NaN scores are left out.
 /// One pass: once `k` are held, a block of scores none of which beats the k-th best costs one
-/// vectorised comparison, and that is nearly every block of a large catalogue.
+/// vector comparison, and that is most blocks of a large catalogue.
 fn best_k(scores: &[f32], k: usize, skip: &[i64]) -> Vec<(i64, f32)> {
     const BLOCK: usize = 16;
     let mut best: Vec<(i64, f32)> = Vec::with_capacity(k + 1);
     if k == 0 {
         return best;
     }
-    for (b, block) in scores.chunks(BLOCK).enumerate() {
-        if best.len() == k {
-            let floor = best[k - 1].1;
-            // `|` rather than `any`: no early exit, so the comparison vectorises. NaN beats nothing.
-            if !block.iter().fold(false, |beats, &s| beats | (s > floor)) {
-                continue;
-            }
+    // Seen items as a bitmap: every candidate that beats the k-th best is checked against them, and
+    // scanning the window for each was about a quarter of this function's time in the profile.
+    let mut skipped = vec![0u64; scores.len().div_ceil(64)];
+    for i in skip.iter().filter_map(|&i| usize::try_from(i).ok()) {
+        if let Some(word) = skipped.get_mut(i / 64) {
+            *word |= 1 << (i % 64);
+        }
+    }
+    let consider = |best: &mut Vec<(i64, f32)>, i: usize, s: f32| {
+        if i == 0 || s.is_nan() || (best.len() == k && s <= best[k - 1].1) {
+            return;
+        }
+        if skipped[i / 64] & (1 << (i % 64)) != 0 {
+            return;
+        }
+        let at = best.partition_point(|&(_, held)| held >= s);
+        best.insert(at, (i as i64, s));
+        best.truncate(k);
+    };
+    let blocks = scores.chunks_exact(BLOCK);
+    let tail = blocks.remainder();
+    let whole = scores.len() - tail.len();
+    for (b, block) in blocks.enumerate() {
+        // A fixed-size block and `|` rather than `any` (no early exit): one vector comparison.
+        // NaN beats nothing.
+        let floor = best.last().map_or(f32::NEG_INFINITY, |&(_, s)| s);
+        if best.len() == k && !block.iter().fold(false, |beats, &s| beats | (s > floor)) {
+            continue;
         }
         for (j, &s) in block.iter().enumerate() {
-            let i = (b * BLOCK + j) as i64;
-            if i == 0 || s.is_nan() || (best.len() == k && s <= best[k - 1].1) {
-                continue;
-            }
-            if skip.contains(&i) {
-                continue;
-            }
-            let at = best.partition_point(|&(_, held)| held >= s);
-            best.insert(at, (i, s));
-            best.truncate(k);
+            consider(&mut best, b * BLOCK + j, s);
         }
+    }
+    for (j, &s) in tail.iter().enumerate() {
+        consider(&mut best, whole + j, s);
     }
     best
 }
@@ -725,7 +740,7 @@ mod tests {
             // Few distinct values, so ties are common; rows span several blocks; some NaN and -inf.
             row in proptest::collection::vec(-4i8..5, 1..200),
             k in 0usize..30,
-            skip in proptest::collection::vec(0i64..200, 0..50),
+            skip in proptest::collection::vec(-5i64..220, 0..50),
         ) {
             let scores: Vec<f32> = row
                 .iter()
