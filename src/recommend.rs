@@ -97,6 +97,7 @@ pub fn answer(
         true => cache.precision(),
         false => precision,
     };
+    let state_lengths = model.state_lengths();
     let mut memories: HashMap<String, UserMemory> = HashMap::new();
     let mut answers: Vec<Answered> = Vec::new();
     let mut lanes: Vec<Lane> = Vec::new();
@@ -126,6 +127,7 @@ pub fn answer(
             let opening = Opening {
                 kept,
                 owner: &owner,
+                lengths: &state_lengths,
                 precision: lane_precision,
             };
             let lane = match open_lane(model, memory, opening, &e.user_id) {
@@ -226,6 +228,9 @@ struct Opening<'a> {
     kept: Option<StateTensors>,
     /// The model that may have written a state stored with the record (`name@version`).
     owner: &'a str,
+    /// Values per user in each of the model's state tensors: a stored state of another shape is
+    /// rebuilt.
+    lengths: &'a [usize],
     /// The precision the lane's state is held at.
     precision: StatePrecision,
 }
@@ -235,11 +240,10 @@ struct Opening<'a> {
 /// existed), which the lane takes over: the record gets the lane's state back after the batch. A
 /// state is allocated only where none is found and nothing is to be rebuilt.
 fn open_lane(model: &Model, memory: &mut UserMemory, opening: Opening<'_>, user: &str) -> Opened {
-    let lengths = model.state_lengths();
     let stored = memory
         .model_state
         .take()
-        .filter(|s| s.owner == opening.owner && s.tensors.has_lengths(&lengths));
+        .filter(|s| s.owner == opening.owner && s.tensors.has_lengths(opening.lengths));
     let state = opening
         .kept
         .or_else(|| stored.map(|s| s.tensors))

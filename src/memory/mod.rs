@@ -185,11 +185,10 @@ impl StateTensors {
 
     /// Whether tensor `n` has `len` values for each `(n, len)`, and there are no others.
     pub fn has_lengths(&self, lengths: &[usize]) -> bool {
-        let held: Vec<usize> = match self {
-            StateTensors::F32(t) => t.iter().map(Vec::len).collect(),
-            StateTensors::F16(t) => t.iter().map(Vec::len).collect(),
-        };
-        held == lengths
+        match self {
+            StateTensors::F32(t) => t.iter().map(Vec::len).eq(lengths.iter().copied()),
+            StateTensors::F16(t) => t.iter().map(Vec::len).eq(lengths.iter().copied()),
+        }
     }
 
     /// Writes tensor `n`'s values `from..from + out.len()` into `out` as the model takes them (f32):
