@@ -918,6 +918,78 @@ mod tests {
         );
     }
 
+    /// A graph that ranks itself (`top_items`, `top_scores`) and the same weights cut to `scores`
+    /// give the same answers, full and step, with and without seen items: the daemon's ranking
+    /// and the graph's agree. No shipped model ranks in its graph, so this fixture is where that
+    /// path runs (tests/fixtures/tiny-sasrec/README.md).
+    #[test]
+    fn a_graph_that_ranks_itself_answers_like_one_that_returns_scores() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let load = |variant: &str| {
+            let mut config = shipped_model_config(ExecutionProvider::Cpu, false);
+            config.path = root.join("tests/fixtures/tiny-sasrec").join(variant);
+            Model::load(&config).unwrap()
+        };
+        let mut in_graph = load("ranked-in-graph");
+        let mut by_daemon = load("scores");
+        assert_eq!(in_graph.full.ranking, Some(Ranking::InGraph));
+        assert_eq!(
+            in_graph.step.as_ref().unwrap().ranking,
+            Some(Ranking::InGraph)
+        );
+        assert_eq!(by_daemon.full.ranking, Some(Ranking::Scores));
+        let text =
+            std::fs::read_to_string(root.join("training/tests/data/tiny_user_item.txt")).unwrap();
+        let mut histories: HashMap<&str, Vec<i64>> = HashMap::new();
+        for line in text.lines() {
+            let (user, item) = line.split_once(' ').unwrap();
+            let item = in_graph.vocabulary.index_of(item).unwrap();
+            histories.entry(user).or_default().push(item);
+        }
+        let ids = |top: &TopK| -> Vec<String> { top.iter().map(|i| i.item_id.clone()).collect() };
+        let k = in_graph.manifest.k;
+        let mut answers = 0;
+        for items in histories.values() {
+            let mut states = [
+                in_graph.empty_state(StatePrecision::F32),
+                by_daemon.empty_state(StatePrecision::F32),
+            ];
+            for t in 0..items.len() {
+                let seen = &items[..=t];
+                let [a, b] = &mut states;
+                let stepped = in_graph
+                    .step(vec![items[t]], &mut [a], &[seen], true)
+                    .unwrap();
+                let want = by_daemon
+                    .step(vec![items[t]], &mut [b], &[seen], true)
+                    .unwrap();
+                assert_eq!(ids(&stepped[0]), ids(&want[0]), "step after {seen:?}");
+                for exclude_seen in [true, false] {
+                    let mut row = Vec::new();
+                    let window: Vec<&str> = seen
+                        .iter()
+                        .map(|&i| in_graph.vocabulary.id_of(i).unwrap())
+                        .collect();
+                    in_graph.encode_window(window.into_iter(), &mut row);
+                    let got = in_graph.recommend(row.clone(), 1, exclude_seen).unwrap();
+                    let want = by_daemon.recommend(row, 1, exclude_seen).unwrap();
+                    assert_eq!(ids(&got[0]), ids(&want[0]), "full after {seen:?}");
+                    assert_eq!(got[0].len(), k);
+                    for (g, w) in got[0].iter().zip(&want[0]) {
+                        assert!((g.score - w.score).abs() < 1e-5, "{g:?} vs {w:?}");
+                    }
+                    let leaked = got[0].iter().any(|i| {
+                        let index = in_graph.vocabulary.index_of(&i.item_id).unwrap();
+                        seen.contains(&index)
+                    });
+                    assert!(!(leaked && exclude_seen), "a seen item after {seen:?}");
+                    answers += 1;
+                }
+            }
+        }
+        assert_eq!(answers, 2 * text.lines().count());
+    }
+
     /// Every recommender shipped under models/ loads and answers.
     #[test]
     fn every_shipped_recommender_loads() {
