@@ -136,7 +136,7 @@ pub fn answer(
                     rebuilt.prefilled += 1;
                     prefill_lanes.push(lanes.len());
                     model.encode_window(
-                        memory.recent_items.iter().map(String::as_str),
+                        memory.recent_items.iter().map(|id| id.as_str()),
                         &mut prefill_rows,
                     );
                     lane
@@ -158,7 +158,7 @@ pub fn answer(
                 .push_back((item, Some(slot))),
             _ => {
                 model.encode_window(
-                    memory.recent_items.iter().map(String::as_str),
+                    memory.recent_items.iter().map(|id| id.as_str()),
                     &mut full_rows,
                 );
                 full_slots.push(slot);

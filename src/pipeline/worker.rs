@@ -109,11 +109,17 @@ impl Worker<'_> {
         let emitted_at = now_ms();
         let topics = &self.config.topics;
         let mut outputs: Vec<Output> = Vec::with_capacity(rows.len() + dead_letters.len());
-        for row in &rows {
+        let recommendations = rows.len() as u64;
+        let answered_at_ms: Vec<i64> = rows
+            .iter()
+            .filter_map(|row| batch[row.message].kafka_timestamp_ms)
+            .collect();
+        // Each answer moves into its output: its ten items and ids are not copied again.
+        for row in rows {
             let msg = &batch[row.message];
             let rec = Recommendation {
-                user_id: row.user_id.clone(),
-                items: row.items.clone(),
+                user_id: row.user_id,
+                items: row.items,
                 model: model_ref.clone(),
                 source: msg.source(),
                 event_type: row.event_type,
@@ -121,10 +127,11 @@ impl Worker<'_> {
                 ingest_timestamp_ms: msg.kafka_timestamp_ms.unwrap_or(emitted_at),
                 emitted_at_ms: emitted_at,
             };
+            let payload = serde_json::to_vec(&rec).expect("recommendations serialize");
             outputs.push(Output::keyed(
                 &topics.recommendations,
-                Some(row.user_id.clone().into_bytes()),
-                serde_json::to_vec(&rec).expect("recommendations serialize"),
+                Some(rec.user_id.into_bytes()),
+                payload,
             ));
         }
         // Purchases that name a location are that SKU × location's demand: forwarded, keyed by
@@ -210,11 +217,8 @@ impl Worker<'_> {
             seq,
             outputs,
             writes,
-            recommendations: rows.len() as u64,
-            answered_at_ms: rows
-                .iter()
-                .filter_map(|row| batch[row.message].kafka_timestamp_ms)
-                .collect(),
+            recommendations,
+            answered_at_ms,
             dead_letters: dead_letters.len() as u64,
             alerts,
             demand_records,
