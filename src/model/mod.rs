@@ -889,13 +889,7 @@ mod tests {
                     .unwrap();
                 // Compare at a few points, including histories longer than the window.
                 if t % 17 == 16 || t + 1 == items.len() {
-                    let mut row = Vec::new();
-                    let ids: Vec<&str> = recent
-                        .iter()
-                        .map(|&i| model.vocabulary.id_of(i).unwrap())
-                        .collect();
-                    model.encode_window(ids.into_iter(), &mut row);
-                    let full = model.recommend(row, 1, true).unwrap();
+                    let full = model.recommend(row_of(&model, recent), 1, true).unwrap();
                     let step_ids: Vec<&str> = top[0].iter().map(|i| i.item_id.as_str()).collect();
                     let full_ids: Vec<&str> = full[0].iter().map(|i| i.item_id.as_str()).collect();
                     assert_eq!(
@@ -916,6 +910,17 @@ mod tests {
             max_diff < 1e-4,
             "{dir}: largest score difference {max_diff}"
         );
+    }
+
+    /// The full graph's input row for a window of item indices.
+    fn row_of(model: &Model, items: &[i64]) -> Vec<i64> {
+        let ids: Vec<&str> = items
+            .iter()
+            .map(|&i| model.vocabulary.id_of(i).unwrap())
+            .collect();
+        let mut row = Vec::new();
+        model.encode_window(ids.into_iter(), &mut row);
+        row
     }
 
     /// A graph that ranks itself (`top_items`, `top_scores`) and the same weights cut to `scores`
@@ -964,15 +969,10 @@ mod tests {
                     .step(vec![items[t]], &mut [b], &[seen], true)
                     .unwrap();
                 assert_eq!(ids(&stepped[0]), ids(&want[0]), "step after {seen:?}");
+                let row = row_of(&in_graph, seen);
                 for exclude_seen in [true, false] {
-                    let mut row = Vec::new();
-                    let window: Vec<&str> = seen
-                        .iter()
-                        .map(|&i| in_graph.vocabulary.id_of(i).unwrap())
-                        .collect();
-                    in_graph.encode_window(window.into_iter(), &mut row);
                     let got = in_graph.recommend(row.clone(), 1, exclude_seen).unwrap();
-                    let want = by_daemon.recommend(row, 1, exclude_seen).unwrap();
+                    let want = by_daemon.recommend(row.clone(), 1, exclude_seen).unwrap();
                     assert_eq!(ids(&got[0]), ids(&want[0]), "full after {seen:?}");
                     assert_eq!(got[0].len(), k);
                     for (g, w) in got[0].iter().zip(&want[0]) {
