@@ -59,7 +59,8 @@ impl StateCache {
     }
 
     /// Takes out the state computed with `memory` as it is now, if still held: a batch steps it in
-    /// place and [`StateCache::put`]s it back, without copying it.
+    /// place and [`StateCache::put`]s it back, without copying it. A batch that fails in between
+    /// loses it, and the user's next batch rebuilds it from the window.
     pub fn take(&mut self, user: &str, memory: &UserMemory) -> Option<StateTensors> {
         self.get(user, memory)?;
         let entry = self.entries.pop(user)?;
