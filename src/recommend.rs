@@ -135,10 +135,7 @@ pub fn answer(
                 Opened::Rebuild(lane) if model.has_prefill() => {
                     rebuilt.prefilled += 1;
                     prefill_lanes.push(lanes.len());
-                    model.encode_window(
-                        memory.recent_items.iter().map(|id| id.as_str()),
-                        &mut prefill_rows,
-                    );
+                    model.encode_window(memory.recent_ids(), &mut prefill_rows);
                     lane
                 }
                 Opened::Rebuild(mut lane) => {
@@ -157,10 +154,7 @@ pub fn answer(
                 .pending
                 .push_back((item, Some(slot))),
             _ => {
-                model.encode_window(
-                    memory.recent_items.iter().map(|id| id.as_str()),
-                    &mut full_rows,
-                );
+                model.encode_window(memory.recent_ids(), &mut full_rows);
                 full_slots.push(slot);
             }
         }

@@ -407,7 +407,7 @@ fn self_test(
     let window = model.manifest.window;
     let mut rows = Vec::with_capacity(users.len().max(1) * window);
     for (_, memory) in &users {
-        model.encode_window(memory.recent_items.iter().map(|id| id.as_str()), &mut rows);
+        model.encode_window(memory.recent_ids(), &mut rows);
     }
     let full = model
         .recommend(rows.clone(), users.len(), true)

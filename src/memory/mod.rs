@@ -244,6 +244,11 @@ impl UserMemory {
         self.clicks + self.purchases
     }
 
+    /// The remembered item ids, oldest first, as the model encodes a window.
+    pub fn recent_ids(&self) -> impl DoubleEndedIterator<Item = &str> {
+        self.recent_items.iter().map(CompactString::as_str)
+    }
+
     /// Applies one event: the item joins the window (dropping the oldest beyond `history_len`).
     pub fn apply(&mut self, event: &UserEvent, history_len: usize) {
         match event.event_type {

@@ -114,8 +114,7 @@ impl Forecaster {
 
     /// Values per SKU × location in each state tensor.
     pub fn state_lengths(&self) -> Vec<usize> {
-        let specs = &self.manifest.step.state;
-        specs.iter().map(StateSpec::floats_per_user).collect()
+        super::state::lengths(&self.manifest.step.state)
     }
 
     /// Floats in one row's `quantiles` output: horizon × levels.

@@ -258,9 +258,7 @@ impl Model {
 
     /// Values per user in each state tensor of the step graph (none without one).
     pub fn state_lengths(&self) -> Vec<usize> {
-        self.step_state()
-            .map(|specs| specs.iter().map(StateSpec::floats_per_user).collect())
-            .unwrap_or_default()
+        self.step_state().map(state::lengths).unwrap_or_default()
     }
 
     /// Left-pads (or cuts to the most recent) item indices to the model's window; unknown items are skipped.
@@ -339,11 +337,7 @@ impl Model {
                 &graph.run_options,
             )
             .map_err(run_err)?;
-        let mut states: Vec<StateTensors> = (0..rows)
-            .map(|_| {
-                StateTensors::zeros(spec.state.iter().map(StateSpec::floats_per_user), precision)
-            })
-            .collect();
+        let mut states = vec![StateTensors::zeros(state::lengths(&spec.state), precision); rows];
         let mut rows: Vec<&mut StateTensors> = states.iter_mut().collect();
         write_state_outputs(&spec.state, &outputs, &mut rows)?;
         Ok(states)
@@ -405,7 +399,7 @@ fn push_state_inputs<'b>(
     buffers: &'b mut Vec<Vec<f32>>,
     inputs: &mut Vec<(String, SessionInputValue<'b>)>,
 ) -> Result<(), ModelError> {
-    let lengths: Vec<usize> = specs.iter().map(StateSpec::floats_per_user).collect();
+    let lengths = state::lengths(specs);
     if let Some(bad) = states.iter().find(|s| !s.has_lengths(&lengths)) {
         return Err(run_err(format!(
             "a state of {} tensors does not fit the step graph's {lengths:?} values per user",

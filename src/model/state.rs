@@ -1,10 +1,15 @@
 //! Moving step-graph state between per-user states (as the daemon holds them, f32 or f16) and batch
-//! tensors (as ONNX Runtime takes them, f32), converting on the way. A state tensor's batch axis need not be the first: a Transformer's
-//! key/value cache is [layers, batch, heads, span, head_dim], so a user's slice is `outer` blocks of
-//! `inner` floats, one block per leading index.
+//! tensors (as ONNX Runtime takes them, f32), converting on the way. A state tensor's batch axis
+//! need not be the first: a Transformer's key/value cache is [layers, batch, heads, span, head_dim],
+//! so a user's slice is `outer` blocks of `inner` floats, one block per leading index.
 
 use super::StateSpec;
 use crate::memory::StateTensors;
+
+/// Values per user in each state tensor: the shape a held state must have.
+pub fn lengths(specs: &[StateSpec]) -> Vec<usize> {
+    specs.iter().map(StateSpec::floats_per_user).collect()
+}
 
 /// Stacks the rows' tensor `n` along the spec's batch axis into the front of `batch` (grown when
 /// too short, never shrunk: one buffer serves every micro-batch) and returns that part. Each row
