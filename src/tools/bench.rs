@@ -1,6 +1,7 @@
 //! `longmem bench`: how fast the daemon is on a real broker, and how close to its ceilings.
 //!
-//! One run, on one broker (tansu started on 127.0.0.1 unless `--brokers` names one):
+//! One run, on one broker (tansu started on 127.0.0.1, the embedded mock cluster with `--embedded`,
+//! or the Kafka `--brokers` names):
 //! - **workload**: `--events` click/purchase events over `--users` users; each user's activity and each
 //!   item's popularity are drawn from MovieLens-100k's own (so a few items and users dominate, as in
 //!   life), keyed by user.
@@ -37,7 +38,8 @@ use crate::sink::{Output, Sink};
 use crate::source::Source;
 use crate::tools::datasets;
 use crate::tools::harness::{
-    create_topics, harness_fetch_wait, produce_all, producer, Broker, InProcessDaemon, Partitions,
+    harness_fetch_wait, produce_all, producer, Broker, InProcessDaemon, Partitions,
+    MOCK_FETCH_WAIT_MS,
 };
 use crate::tools::simulate::Rng;
 
@@ -47,6 +49,11 @@ pub struct BenchArgs {
     /// $LONGMEM_TANSU or .tools/bin/tansu (`bash scripts/fetch-tools.sh` fetches it).
     #[arg(long)]
     pub brokers: Option<String>,
+    /// Run on the embedded broker (rdkafka's mock cluster, in this process) instead of tansu. It
+    /// holds an empty fetch for 10 ms where tansu needs 100 ms, so its latency cells show the
+    /// daemon's own latency more closely; it keeps at most 100k messages or 5 MiB per partition.
+    #[arg(long, conflicts_with = "brokers")]
+    pub embedded: bool,
     /// Base configuration (batching, store cache, threads); the run overrides brokers, topics,
     /// store path and model.
     #[arg(long, default_value = "config/default.toml")]
@@ -245,12 +252,12 @@ fn reset_peak_rss() {
 }
 
 /// Topics of their own for one measurement, created on the broker.
-fn fresh_topics(base: &Config, bootstrap: &str, label: &str) -> anyhow::Result<Config> {
+fn fresh_topics(base: &Config, broker: &Broker, label: &str) -> anyhow::Result<Config> {
     let mut config = base.clone();
     let run = format!("bench-{}-{label}", crate::pipeline::now_ms());
     config.topics.input.truncate(1);
     config.topics.suffix_with(&run);
-    config.kafka.bootstrap_servers = bootstrap.to_string();
+    config.kafka.bootstrap_servers = broker.bootstrap.clone();
     config.kafka.group_id = format!("longmem-{run}");
     config.supply.enabled = false;
     // The benchmark's own layout: 8 input partitions, as many as a production input topic.
@@ -260,7 +267,7 @@ fn fresh_topics(base: &Config, bootstrap: &str, label: &str) -> anyhow::Result<C
         alerts: 1,
         dead_letter: 1,
     };
-    create_topics(bootstrap, &config, partitions)?;
+    broker.create_topics(&config, partitions)?;
     Ok(config)
 }
 
@@ -288,9 +295,9 @@ fn wait_processed(
 }
 
 /// (a) The daemon's own consumer and producer, copying each message to an output topic.
-fn passthrough(base: &Config, bootstrap: &str, workload: &Workload) -> anyhow::Result<f64> {
-    let config = fresh_topics(base, bootstrap, "passthrough")?;
-    let producer = producer(bootstrap)?;
+fn passthrough(base: &Config, broker: &Broker, workload: &Workload) -> anyhow::Result<f64> {
+    let config = fresh_topics(base, broker, "passthrough")?;
+    let producer = producer(&broker.bootstrap)?;
     let n = workload.events.len();
     let b = bar(n as u64, "passthrough: preload".into());
     let topic = &config.topics.input[0];
@@ -447,30 +454,33 @@ fn commit_id() -> String {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut base = Config::load(&args.config)?;
-    let (_own, bootstrap) = match &args.brokers {
-        Some(b) => (None, b.clone()),
+    let broker = match &args.brokers {
+        Some(b) => Broker::external(b),
+        // Each harness broker holds an empty fetch for the whole fetch.wait.max.ms; tansu much
+        // shorter than 100 ms answers a deep backlog with nothing at all (issue 17).
+        None if args.embedded => {
+            harness_fetch_wait(&mut base, MOCK_FETCH_WAIT_MS);
+            Broker::embedded()?
+        }
         None => {
-            let broker = Broker::tansu()?;
-            // tansu holds each fetch for this long; much shorter and it answers a deep backlog
-            // with nothing at all (issue 17).
             harness_fetch_wait(&mut base, 100);
-            let bootstrap = broker.bootstrap.clone();
-            (Some(broker), bootstrap)
+            Broker::tansu()?
         }
     };
+    let bootstrap = broker.bootstrap.clone();
     let workload = Workload::from_movielens(&args.data, args.events, args.users)?;
     let users = workload.distinct_users();
     println!(
         "longmem bench: {} events over {users} users (MovieLens-100k activity and popularity) on {bootstrap}",
         args.events
     );
-    let passthrough_per_s = passthrough(&base, &bootstrap, &workload)?;
+    let passthrough_per_s = passthrough(&base, &broker, &workload)?;
     println!("passthrough ceiling: {passthrough_per_s:.0} events/s");
 
     let mut runs = Vec::new();
     for model_dir in &args.models {
         for &mode in &args.modes {
-            let mut config = fresh_topics(&base, &bootstrap, &format!("{}-{mode:?}", runs.len()))?;
+            let mut config = fresh_topics(&base, &broker, &format!("{}-{mode:?}", runs.len()))?;
             config.model.path = model_dir.clone();
             config.model.mode = mode;
             let mut model = Model::load(&config.model)?;
@@ -503,6 +513,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         broker: if args.brokers.is_some() {
             bootstrap.clone()
+        } else if args.embedded {
+            "the embedded broker (rdkafka's mock cluster, in the benchmark's process)".into()
         } else {
             "tansu (memory storage) on the same machine".into()
         },
