@@ -55,6 +55,8 @@ def fmt(x, digits=4):
 
 
 def cost_origin(metrics):
+    if metrics.get("cpu_cost_measured_by") == "training/reexport.py":
+        return "measured by `training/reexport.py` when the graphs were re-exported, possibly while other work shared the machine"
     if metrics.get("cpu_cost_measured_by"):
         return "re-measured by `training/measure_cost.py` on an otherwise idle machine"
     return "measured at the end of training, possibly while other work shared the machine"

@@ -218,6 +218,25 @@ impl StateTensors {
         }
     }
 
+    /// Within tensor `n`'s `run`, drops the first `values.len()` values, moves the rest to the
+    /// front and writes `values` after them: a sliding cache takes its newest entry.
+    pub fn shift_in_f32(&mut self, n: usize, run: std::ops::Range<usize>, values: &[f32]) {
+        let keep = run.start + values.len()..run.end;
+        let tail = run.end - values.len();
+        match self {
+            StateTensors::F32(t) => {
+                t[n].copy_within(keep, run.start);
+                t[n][tail..run.end].copy_from_slice(values);
+            }
+            StateTensors::F16(t) => {
+                t[n].copy_within(keep, run.start);
+                t[n][tail..run.end]
+                    .reinterpret_cast_mut::<half::f16>()
+                    .convert_from_f32_slice(values);
+            }
+        }
+    }
+
     /// How many tensors.
     pub fn len(&self) -> usize {
         match self {

@@ -166,7 +166,7 @@ impl Forecaster {
             )));
         }
         let quantiles = q.chunks(per_row).map(|c| c.to_vec()).collect();
-        write_state_outputs(&spec.state, &outputs, states)?;
+        write_state_outputs(&spec.state, &outputs, states, super::StateOutputs::Step)?;
         Ok(quantiles)
     }
 }

@@ -89,6 +89,12 @@ pub struct StateSpec {
     /// Dimensions, with the string "batch" at `batch_axis`.
     pub shape: Vec<serde_json::Value>,
     pub batch_axis: usize,
+    /// When set, the graph's `output` holds only the newest entry along this axis (size 1 there),
+    /// and the daemon drops the oldest entry and appends it: a sliding key/value cache then costs
+    /// the graph no copies of the old entries, and the write-back one entry instead of the window.
+    /// Unset: `output` is the whole new state.
+    #[serde(default)]
+    pub append_axis: Option<usize>,
 }
 
 impl StateSpec {
@@ -113,6 +119,15 @@ impl StateSpec {
             d[..self.batch_axis].iter().product(),
             d[self.batch_axis + 1..].iter().product(),
         )
+    }
+
+    /// Floats per user in the graph's output: the whole state, or with `append_axis` one entry
+    /// along it.
+    pub fn output_floats_per_user(&self) -> usize {
+        match self.append_axis {
+            Some(axis) => self.floats_per_user() / self.dims()[axis],
+            None => self.floats_per_user(),
+        }
     }
 }
 
@@ -211,6 +226,16 @@ impl Manifest {
                         "step state `{}`: expected float32 with \"batch\" at batch_axis {} and positive sizes elsewhere",
                         s.name, s.batch_axis
                     )));
+                }
+                if let Some(axis) = s.append_axis {
+                    if axis <= s.batch_axis || axis >= s.shape.len() {
+                        return Err(err(format!(
+                            "step state `{}`: append_axis {axis} must be an axis after batch_axis {} (the state has {} axes)",
+                            s.name,
+                            s.batch_axis,
+                            s.shape.len()
+                        )));
+                    }
                 }
             }
         }

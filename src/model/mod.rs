@@ -339,7 +339,7 @@ impl Model {
             .map_err(run_err)?;
         let mut states = vec![StateTensors::zeros(state::lengths(&spec.state), precision); rows];
         let mut rows: Vec<&mut StateTensors> = states.iter_mut().collect();
-        write_state_outputs(&spec.state, &outputs, &mut rows)?;
+        write_state_outputs(&spec.state, &outputs, &mut rows, StateOutputs::Prefill)?;
         Ok(states)
     }
 
@@ -385,7 +385,7 @@ impl Model {
             seen,
             exclude_seen,
         )?;
-        write_state_outputs(&spec.state, &outputs, states)?;
+        write_state_outputs(&spec.state, &outputs, states, StateOutputs::Step)?;
         Ok(top)
     }
 }
@@ -418,26 +418,44 @@ fn push_state_inputs<'b>(
     Ok(())
 }
 
+/// Which graph a state output came from: the step graph's may hold only the newest entry of a
+/// state with `append_axis`; the prefill graph's is always the whole state.
+#[derive(Clone, Copy, PartialEq)]
+enum StateOutputs {
+    Step,
+    Prefill,
+}
+
 /// Writes a graph's state outputs back into the rows' states, in place.
 fn write_state_outputs(
     specs: &[StateSpec],
     outputs: &ort::session::SessionOutputs<'_>,
     states: &mut [&mut StateTensors],
+    from: StateOutputs,
 ) -> Result<(), ModelError> {
     let rows = states.len();
     for (n, s) in specs.iter().enumerate() {
         let (_, batch) = outputs[s.output.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(run_err)?;
-        if batch.len() != rows * s.floats_per_user() {
+        let appended = from == StateOutputs::Step && s.append_axis.is_some();
+        let expected = if appended {
+            s.output_floats_per_user()
+        } else {
+            s.floats_per_user()
+        };
+        if batch.len() != rows * expected {
             return Err(run_err(format!(
-                "state output `{}` has {} floats, expected {rows} × {}",
+                "state output `{}` has {} floats, expected {rows} × {expected}",
                 s.output,
                 batch.len(),
-                s.floats_per_user()
             )));
         }
-        state::scatter(s, n, batch, states);
+        if appended {
+            state::append(s, n, batch, states);
+        } else {
+            state::scatter(s, n, batch, states);
+        }
     }
     Ok(())
 }
@@ -816,6 +834,29 @@ mod tests {
             err.contains("kind") || err.contains("missing field"),
             "{err}"
         );
+    }
+
+    /// An `append_axis` must name an axis after the batch axis: anything else is refused at load
+    /// with the state's name, before a step could write past a user's state.
+    #[test]
+    fn append_axis_outside_the_state_is_refused() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sasrec-ml100k");
+        let text = std::fs::read_to_string(shipped.join("model.json")).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json["step"]["state"][0]["append_axis"], 3,
+            "the shipped cache appends"
+        );
+        for bad in [0, 1, 5] {
+            json["step"]["state"][0]["append_axis"] = bad.into();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("model.json"), json.to_string()).unwrap();
+            let err = Manifest::load(dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("k_cache") && err.contains("append_axis"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -48,6 +48,30 @@ pub fn scatter(spec: &StateSpec, n: usize, batch: &[f32], rows: &mut [&mut State
     }
 }
 
+/// For a spec with `append_axis`: drops each row's oldest entry along that axis in tensor `n` and
+/// appends the row's new entry from `batch` (the graph's output, one entry along the axis).
+pub fn append(spec: &StateSpec, n: usize, batch: &[f32], rows: &mut [&mut StateTensors]) {
+    let Some(axis) = spec.append_axis else {
+        return scatter(spec, n, batch, rows);
+    };
+    let dims = spec.dims();
+    let (outer, _) = spec.outer_inner();
+    // A user's slice: `outer` × `lanes` runs of `len` entries of `entry` floats each, where the
+    // axes between the batch axis and `axis` make the lanes.
+    let lanes: usize = dims[spec.batch_axis + 1..axis].iter().product();
+    let (len, entry): (usize, usize) = (dims[axis], dims[axis + 1..].iter().product());
+    let count = rows.len();
+    for o in 0..outer {
+        for (r, row) in rows.iter_mut().enumerate() {
+            for lane in 0..lanes {
+                let run = ((o * lanes) + lane) * len * entry;
+                let new = ((o * count + r) * lanes + lane) * entry;
+                row.shift_in_f32(n, run..run + len * entry, &batch[new..new + entry]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +85,42 @@ mod tests {
             dtype: "float32".into(),
             shape: serde_json::from_value(shape).unwrap(),
             batch_axis,
+            append_axis: None,
+        }
+    }
+
+    /// A sliding cache [layers=2, batch, heads=2, span=3, dim=2] stepped with one new entry per
+    /// row: each (layer, head) run loses its oldest entry and gains the new one, as if the graph had
+    /// returned the whole shifted cache.
+    #[test]
+    fn append_shifts_each_run_and_equals_scattering_the_shifted_state() {
+        let mut s = spec(serde_json::json!([2, "batch", 2, 3, 2]), 1);
+        s.append_axis = Some(3);
+        assert_eq!((s.floats_per_user(), s.output_floats_per_user()), (24, 8));
+        let a: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let b: Vec<f32> = (100..124).map(|v| v as f32).collect();
+        // New entries, batch tensor [2, 2 rows, 2, 1, 2]: layer-major, then row, head, dim.
+        let new: Vec<f32> = (0..16).map(|v| 1000.0 + v as f32).collect();
+        for precision in [StatePrecision::F32, StatePrecision::F16] {
+            let mut ra = StateTensors::encode(vec![a.clone()], precision);
+            let mut rb = StateTensors::encode(vec![b.clone()], precision);
+            append(&s, 0, &new, &mut [&mut ra, &mut rb]);
+            // The same through the whole-state path: shift by hand, then scatter.
+            let shifted = |old: &[f32], row: usize| -> Vec<f32> {
+                let mut out = Vec::new();
+                for l in 0..2 {
+                    for h in 0..2 {
+                        let run = &old[(l * 2 + h) * 6..(l * 2 + h + 1) * 6];
+                        out.extend_from_slice(&run[2..]);
+                        let at = ((l * 2 + row) * 2 + h) * 2;
+                        out.extend_from_slice(&new[at..at + 2]);
+                    }
+                }
+                out
+            };
+            let expected_a = StateTensors::encode(vec![shifted(&a, 0)], precision);
+            let expected_b = StateTensors::encode(vec![shifted(&b, 1)], precision);
+            assert_eq!((ra, rb), (expected_a, expected_b), "{precision:?}");
         }
     }
 

@@ -55,11 +55,24 @@ def export(model, out_dir, candidates, rank_in_graph=False):
         export_prefill(model, out_dir, names, batch_axis)
         graphs.append("prefill.onnx")
     share_weights(out_dir, graphs)
+    appends = getattr(model, "append_axes", {})
     return [
         {"name": n, "input": n, "output": n + "_out", "dtype": "float32",
-         "shape": ["batch" if i == batch_axis[n] else d for i, d in enumerate(shapes[n])], "batch_axis": batch_axis[n]}
+         "shape": ["batch" if i == batch_axis[n] else d for i, d in enumerate(shapes[n])], "batch_axis": batch_axis[n],
+         **({"append_axis": appends[n]} if n in appends else {})}
         for n in names
     ]
+
+
+def next_state(spec, old, out):
+    """A state after one step from the step graph's output `out`: the whole new state, or with the
+    spec's `append_axis` the old one less its oldest entry along that axis, plus `out` (the daemon's
+    rule, src/model/state.rs)."""
+    axis = spec.get("append_axis")
+    if axis is None:
+        return out
+    kept = np.take(old, np.arange(1, old.shape[axis]), axis=axis)
+    return np.concatenate([kept, out], axis=axis)
 
 
 def ranked_outputs(candidates, in_graph):
@@ -171,7 +184,8 @@ def run_steps(step_sess, state_spec, prefixes, with_state=False):
         out = step_sess.run(["scores", *[s["output"] for s in state_spec]], feeds)
         new_scores = out[0]
         scores = new_scores if scores is None else np.where(active[:, None], new_scores, scores)
-        for s, new in zip(state_spec, out[1:]):
+        for s, out_s in zip(state_spec, out[1:]):
+            new = next_state(s, state[s["name"]], out_s)
             mask = active.reshape([-1 if i == s["batch_axis"] else 1 for i in range(new.ndim)])
             state[s["name"]] = np.where(mask, new, state[s["name"]])
     return (scores, state) if with_state else scores

@@ -154,8 +154,14 @@ class SASRec(nn.Module):
         s = (self.layers, batch, self.heads, self.span - 1, self.dim // self.heads)
         return {"k_cache": s, "v_cache": s, "cache_mask": (batch, self.span - 1)}
 
+    # The step graph returns only the newest entry of each sliding state along these axes; the
+    # daemon drops the oldest and appends it (manifest `append_axis`). Returning the whole shifted
+    # cache was a third of the step graph's time, all copies (docs/performance.md).
+    append_axes = {"k_cache": 3, "v_cache": 3, "cache_mask": 1}
+
     def step(self, item, k_cache, v_cache, cache_mask):
-        """item [B]; caches [L, B, H, S-1, dh]; cache_mask [B, S-1] (1 = filled, oldest first)."""
+        """item [B]; caches [L, B, H, S-1, dh]; cache_mask [B, S-1] (1 = filled, oldest first).
+        Returns the hidden state and the newest entries: k, v [L, B, H, 1, dh] and mask [B, 1]."""
         dist = torch.arange(self.span - 1, -1, -1, device=item.device).float()     # oldest .. newest
         filled = torch.ones_like(cache_mask[:, :1])
         mask = torch.cat([cache_mask, filled], dim=1).unsqueeze(1).unsqueeze(1)
@@ -164,11 +170,10 @@ class SASRec(nn.Module):
         new_k, new_v = [], []
         for l, block in enumerate(self.blocks):
             x, k, v = block.step(x, k_cache[l], v_cache[l], bias)
-            new_k.append(torch.cat([k_cache[l][:, :, 1:], k], dim=2))
-            new_v.append(torch.cat([v_cache[l][:, :, 1:], v], dim=2))
+            new_k.append(k)
+            new_v.append(v)
         hidden = self.norm(x)[:, 0]
-        new_mask = torch.cat([cache_mask[:, 1:], filled], dim=1)
-        return hidden, (torch.stack(new_k), torch.stack(new_v), new_mask)
+        return hidden, (torch.stack(new_k), torch.stack(new_v), filled)
 
 
 class GRU4Rec(nn.Module):
