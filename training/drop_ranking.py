@@ -24,7 +24,7 @@ def main():
         manifest.pop("candidates", None)
         manifest["outputs"] = [o for o in manifest["outputs"] if o["name"] not in RANKING]
         if "step" in manifest:
-            manifest["step"]["outputs"] = ["scores"]
+            manifest["step"]["outputs"] = [o for o in manifest["step"]["outputs"] if o not in RANKING]
         with open(path, "w") as f:
             json.dump(manifest, f, indent=2)
             f.write("\n")
