@@ -275,6 +275,9 @@ class MemoryRec(nn.Module):
         s = (batch, self.heads, self.span - 1, self.dim // self.heads)
         return {"k_cache": s, "v_cache": s, "cache_mask": (batch, self.span - 1), "memory": (batch, self.slots, self.dim)}
 
+    # As SASRec's: the window's cache comes back as its newest entry only; the slots come back whole.
+    append_axes = {"k_cache": 2, "v_cache": 2, "cache_mask": 1}
+
     def step(self, item, k_cache, v_cache, cache_mask, memory):
         dist = torch.arange(self.span - 1, -1, -1, device=item.device).float()
         filled = torch.ones_like(cache_mask[:, :1])
@@ -285,9 +288,7 @@ class MemoryRec(nn.Module):
         h = x[:, 0]
         memory = self.write(memory, e, filled)
         hidden = self.norm(h + self.read(memory, h))
-        new_k = torch.cat([k_cache[:, :, 1:], k], dim=2)
-        new_v = torch.cat([v_cache[:, :, 1:], v], dim=2)
-        return hidden, (new_k, new_v, torch.cat([cache_mask[:, 1:], filled], dim=1), memory)
+        return hidden, (k, v, filled, memory)
 
 
 RECOMMENDERS = {"sasrec": SASRec, "gru4rec": GRU4Rec, "memory": MemoryRec}
