@@ -105,7 +105,7 @@ mod tests {
             let mut ra = StateTensors::encode(vec![a.clone()], precision);
             let mut rb = StateTensors::encode(vec![b.clone()], precision);
             append(&s, 0, &new, &mut [&mut ra, &mut rb]);
-            // The same through the whole-state path: shift by hand, then scatter.
+            // What a graph returning the whole shifted state would have left: shifted by hand.
             let shifted = |old: &[f32], row: usize| -> Vec<f32> {
                 let mut out = Vec::new();
                 for l in 0..2 {
