@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from longmem_train import data as D                                                   # noqa: E402
 from longmem_train.data import left_pad                                               # noqa: E402
 from longmem_train.export import cost_per_event, export, parity, prefill_parity, session  # noqa: E402
-from longmem_train.models import RECOMMENDERS                                         # noqa: E402
+from longmem_train.models import build                                                # noqa: E402
 from longmem_train.provenance import environment                                      # noqa: E402
 
 
@@ -49,11 +49,7 @@ def main():
         ds = D.load(manifest["training"]["data"])
         if ds.sha256 != manifest["training"]["data_sha256"]:
             sys.exit(f"{model_dir}: the data at {manifest['training']['data']} is not what the model was trained on")
-        span = a["span"] or {"sasrec": 25, "memory": 8}.get(a["model"], 1)
-        model = RECOMMENDERS[a["model"]](manifest["n_items"], window=a["window"], dim=a["dim"], layers=a["layers"],
-                                         heads=a["heads"], span=span, slots=a["slots"], dropout=a["dropout"],
-                                         separate_output=a.get("separate_output", False),
-                                         positions=a.get("positions", "alibi"))
+        model = build(a, manifest["n_items"])
         graph = onnx.load(os.path.join(model_dir, manifest["model_file"]))   # external weights resolved
         weights = {t.name[len("model."):]: torch.from_numpy(numpy_helper.to_array(t).copy())
                    for t in graph.graph.initializer if t.name.startswith("model.")}

@@ -23,7 +23,7 @@ from longmem_train import data as D                                  # noqa: E40
 from longmem_train.evaluate import complete_users, evaluate, popularity_scorer  # noqa: E402
 from longmem_train.export import cost_per_event, export, parity, prefill_parity, ranked_outputs, session  # noqa: E402
 from longmem_train.provenance import environment                   # noqa: E402
-from longmem_train.models import RECOMMENDERS, training_loss  # noqa: E402
+from longmem_train.models import RECOMMENDERS, build, training_loss  # noqa: E402
 
 
 def length_buckets(windows, lengths, batch_size, pool_batches=64):
@@ -102,10 +102,7 @@ def main():
     ds = D.load(args.data)
     train, valid, test = D.split(ds)
     name = args.name or f"{args.model}-{ds.name.split('.')[0].lower()}"
-    span = args.span or {"sasrec": 25, "memory": 8}.get(args.model, 1)
-    model = RECOMMENDERS[args.model](ds.n_items, window=args.window, dim=args.dim, layers=args.layers,
-                                     heads=args.heads, span=span, slots=args.slots, dropout=args.dropout,
-                                     separate_output=args.separate_output, positions=args.positions)
+    model = build(vars(args), ds.n_items)
     windows = torch.tensor(D.training_windows(train, args.window))
     lengths = (windows > 0).sum(1)
     # Each batch's summed loss is divided by the average number of predictions per batch, so every

@@ -438,11 +438,10 @@ fn write_state_outputs(
         let (_, batch) = outputs[s.output.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(run_err)?;
-        let appended = from == StateOutputs::Step && s.append_axis.is_some();
-        let expected = if appended {
-            s.output_floats_per_user()
-        } else {
-            s.floats_per_user()
+        let append_axis = s.append_axis.filter(|_| from == StateOutputs::Step);
+        let expected = match append_axis {
+            Some(_) => s.output_floats_per_user(),
+            None => s.floats_per_user(),
         };
         if batch.len() != rows * expected {
             return Err(run_err(format!(
@@ -451,10 +450,9 @@ fn write_state_outputs(
                 batch.len(),
             )));
         }
-        if appended {
-            state::append(s, n, batch, states);
-        } else {
-            state::scatter(s, n, batch, states);
+        match append_axis {
+            Some(axis) => state::append(s, n, axis, batch, states),
+            None => state::scatter(s, n, batch, states),
         }
     }
     Ok(())

@@ -48,12 +48,15 @@ pub fn scatter(spec: &StateSpec, n: usize, batch: &[f32], rows: &mut [&mut State
     }
 }
 
-/// For a spec with `append_axis`: drops each row's oldest entry along that axis in tensor `n` and
-/// appends the row's new entry from `batch` (the graph's output, one entry along the axis).
-pub fn append(spec: &StateSpec, n: usize, batch: &[f32], rows: &mut [&mut StateTensors]) {
-    let Some(axis) = spec.append_axis else {
-        return scatter(spec, n, batch, rows);
-    };
+/// Drops each row's oldest entry along `axis` (the spec's `append_axis`) in tensor `n` and appends
+/// the row's new entry from `batch` (the graph's output, one entry along the axis).
+pub fn append(
+    spec: &StateSpec,
+    n: usize,
+    axis: usize,
+    batch: &[f32],
+    rows: &mut [&mut StateTensors],
+) {
     let dims = spec.dims();
     let (outer, _) = spec.outer_inner();
     // A user's slice: `outer` × `lanes` runs of `len` entries of `entry` floats each, where the
@@ -104,7 +107,7 @@ mod tests {
         for precision in [StatePrecision::F32, StatePrecision::F16] {
             let mut ra = StateTensors::encode(vec![a.clone()], precision);
             let mut rb = StateTensors::encode(vec![b.clone()], precision);
-            append(&s, 0, &new, &mut [&mut ra, &mut rb]);
+            append(&s, 0, 3, &new, &mut [&mut ra, &mut rb]);
             // What a graph returning the whole shifted state would have left: shifted by hand.
             let shifted = |old: &[f32], row: usize| -> Vec<f32> {
                 let mut out = Vec::new();

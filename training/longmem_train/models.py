@@ -292,6 +292,17 @@ class MemoryRec(nn.Module):
 
 
 RECOMMENDERS = {"sasrec": SASRec, "gru4rec": GRU4Rec, "memory": MemoryRec}
+DEFAULT_SPAN = {"sasrec": 25, "memory": 8}
+
+
+def build(args, n_items):
+    """The recommender `train.py`'s arguments describe (a dict: its parsed flags, or a manifest's
+    `training.args`), untrained."""
+    span = args["span"] or DEFAULT_SPAN.get(args["model"], 1)
+    return RECOMMENDERS[args["model"]](n_items, window=args["window"], dim=args["dim"], layers=args["layers"],
+                                       heads=args["heads"], span=span, slots=args["slots"], dropout=args["dropout"],
+                                       separate_output=args.get("separate_output", False),
+                                       positions=args.get("positions", "alibi"))
 
 
 class FullGraph(nn.Module):
