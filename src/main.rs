@@ -15,6 +15,12 @@ use longmem::pipeline::{self, RunStats};
 use longmem::rollout::{Command as RolloutCommand, RollRequest, Rollout};
 use longmem::shutdown::{self, Shutdown};
 
+/// Threads hand buffers to each other on every batch (outputs built by the polling thread are freed
+/// by the finisher), and glibc's allocator makes them queue on its arena locks for it; mimalloc's
+/// per-thread heaps do not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "longmem",

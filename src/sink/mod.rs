@@ -69,8 +69,11 @@ pub struct Sink {
 }
 
 /// librdkafka defaults for the producer that a user may override in `[kafka.producer]`.
+/// No linger: the finisher enqueues a whole batch's outputs at once and then waits for them, so
+/// lingering adds its time to every batch (twice, with the changelog's markers) and fills no
+/// request that the batch does not fill by itself.
 const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
-    ("linger.ms", "2"),
+    ("linger.ms", "0"),
     ("compression.type", "lz4"),
     ("queue.buffering.max.messages", "100000"),
     ("queue.buffering.max.kbytes", "65536"),
