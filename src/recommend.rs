@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::config::StatePrecision;
 use crate::event::{Event, EventType, UserEvent};
 use crate::memory::{Memories, ModelState, StateCache, StateTensors, StoreError, UserMemory};
-use crate::model::{Model, ModelError, TopK};
+use crate::model::{Model, ModelError, ScoredRows, TopK};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecommendError {
@@ -42,14 +42,55 @@ pub struct Answered {
     pub items: TopK,
 }
 
-/// The batch's answers in message order, and the memories to store.
+/// The batch's answers, still to be ranked, and the memories to store.
 pub struct BatchAnswers {
-    pub answers: Vec<Answered>,
+    pub answers: Unranked,
     pub memories: HashMap<String, UserMemory>,
     /// Inference time alone (the rest is memory work).
     pub inference: std::time::Duration,
     /// Users whose step state had to be rebuilt, and how.
     pub rebuilt: Rebuilt,
+}
+
+/// A batch's answers before their items are chosen: each model call's scored rows and the answers
+/// they fill. [`Unranked::rank`] may run on another thread than the model (the pipeline's encoder).
+pub struct Unranked {
+    answers: Vec<Answered>,
+    /// (answer slot of each row, or `None` for a replayed item that answers nothing; the rows).
+    calls: Vec<(Vec<Option<usize>>, ScoredRows)>,
+}
+
+impl Unranked {
+    /// Answers in message order, each with its top K.
+    pub fn rank(self) -> Vec<Answered> {
+        let Unranked { mut answers, calls } = self;
+        for (slots, rows) in calls {
+            for (slot, items) in slots.into_iter().zip(rows.rank()) {
+                if let Some(slot) = slot {
+                    answers[slot].items = items;
+                }
+            }
+        }
+        answers
+    }
+
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+}
+
+/// Answers that are ranked already.
+impl From<Vec<Answered>> for Unranked {
+    fn from(answers: Vec<Answered>) -> Unranked {
+        Unranked {
+            answers,
+            calls: Vec::new(),
+        }
+    }
 }
 
 /// Step states rebuilt in one batch.
@@ -161,11 +202,10 @@ pub fn answer(
     }
 
     let started = std::time::Instant::now();
+    let mut calls = Vec::new();
     if !full_slots.is_empty() {
-        let top = model.recommend(full_rows, full_slots.len(), exclude_seen)?;
-        for (slot, items) in full_slots.into_iter().zip(top) {
-            answers[slot].items = items;
-        }
+        let rows = model.recommend_scored(full_rows, full_slots.len(), exclude_seen)?;
+        calls.push((full_slots.into_iter().map(Some).collect(), rows));
     }
     if !prefill_lanes.is_empty() {
         let states = model.prefill(prefill_rows, prefill_lanes.len(), lane_precision)?;
@@ -173,7 +213,7 @@ pub fn answer(
             lanes[l].state = state;
         }
     }
-    step_rounds(model, &mut lanes, &mut answers, window, exclude_seen)?;
+    step_rounds(model, &mut lanes, &mut calls, window, exclude_seen)?;
     let inference = started.elapsed();
 
     for lane in lanes {
@@ -191,7 +231,7 @@ pub fn answer(
         }
     }
     Ok(BatchAnswers {
-        answers,
+        answers: Unranked { answers, calls },
         memories,
         inference,
         rebuilt,
@@ -292,7 +332,7 @@ impl Lane {
 fn step_rounds(
     model: &mut Model,
     lanes: &mut [Lane],
-    answers: &mut [Answered],
+    calls: &mut Vec<(Vec<Option<usize>>, ScoredRows)>,
     window: usize,
     exclude_seen: bool,
 ) -> Result<(), ModelError> {
@@ -317,12 +357,8 @@ fn step_rounds(
         if items.is_empty() {
             return Ok(());
         }
-        let top = model.step(items, &mut states, &seen, exclude_seen)?;
-        for (slot, items) in slots.into_iter().zip(top) {
-            if let Some(slot) = slot {
-                answers[slot].items = items;
-            }
-        }
+        let rows = model.step_scored(items, &mut states, &seen, exclude_seen)?;
+        calls.push((slots, rows));
     }
 }
 
@@ -403,7 +439,7 @@ mod tests {
                 replayed: 0
             }
         );
-        for (answer, history) in outcome.answers.iter().zip([
+        for (answer, history) in outcome.answers.rank().iter().zip([
             vec!["1", "50", "181", "100", "258"],
             vec!["1"],
             vec!["1", "7"],
@@ -489,6 +525,7 @@ mod tests {
             let outcome = answer(model, &store, &last, 50, keeping, true).unwrap();
             let tops: Vec<Vec<String>> = outcome
                 .answers
+                .rank()
                 .iter()
                 .map(|a| a.items.iter().map(|i| i.item_id.clone()).collect())
                 .collect();

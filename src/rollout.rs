@@ -459,6 +459,7 @@ fn self_test(
         };
         let same = answered
             .answers
+            .rank()
             .iter()
             .filter(|a| top10(&a.items) == top10(&full[a.message]))
             .count();
@@ -662,8 +663,8 @@ impl Shadow {
         self.live_ms.push(live_inference.as_secs_f64() * 1e3);
         self.candidate_ms
             .push(answered.inference.as_secs_f64() * 1e3);
-        let theirs: std::collections::HashMap<usize, &[crate::event::ScoredItem]> = answered
-            .answers
+        let theirs_ranked = answered.answers.rank();
+        let theirs: std::collections::HashMap<usize, &[crate::event::ScoredItem]> = theirs_ranked
             .iter()
             .map(|a| (a.message, a.items.as_slice()))
             .collect();

@@ -16,6 +16,7 @@ mod manifest;
 mod state;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use manifest::{Manifest, StateSpec, StepManifest, TensorSpec, Vocabulary};
 use ort::session::{RunOptions, Session, SessionInputValue};
@@ -116,13 +117,20 @@ pub fn init_runtime(library: Option<&Path>) -> Result<ort::environment::Environm
 
 pub struct Model {
     pub manifest: Manifest,
-    pub vocabulary: Vocabulary,
+    /// Shared with the rows a batch hands on for ranking ([`ScoredRows`]).
+    pub vocabulary: Arc<Vocabulary>,
     full: Graph,
     step: Option<Graph>,
     /// Builds a step state from a window in one call (`step.prefill`), when the step graph runs.
     prefill: Option<Graph>,
     provider: ExecutionProvider,
+    /// Score buffers that ranked rows gave back, for the next batch's scores.
+    spare_scores: SpareScores,
 }
+
+/// Score buffers returned by [`ScoredRows::rank`] (on another thread) for reuse: a batch's scores
+/// are megabytes, and a fresh buffer each batch cost page faults and zeroing.
+type SpareScores = Arc<std::sync::Mutex<Vec<Vec<f32>>>>;
 
 /// One ONNX graph with the outputs the daemon fetches.
 struct Graph {
@@ -152,6 +160,86 @@ enum Ranking {
 /// Top-K items for one row of a batch.
 pub type TopK = Vec<ScoredItem>;
 
+/// A batch's rows as a graph answered them, not yet ranked: every item's score (the daemon keeps
+/// each row's best K in [`ScoredRows::rank`]) or the graph's own ranking. Ranking and naming the
+/// items cost about a third of what the step graph does, so the pipeline ranks on another thread
+/// than the one that runs the model.
+pub struct ScoredRows {
+    rows: Rows,
+}
+
+enum Rows {
+    Ranked(Vec<TopK>),
+    Scores {
+        /// `rows × width` scores, index 0 the padding.
+        scores: Vec<f32>,
+        width: usize,
+        /// Row r's items to leave out: `skip[skip_ends[r - 1]..skip_ends[r]]`.
+        skip: Vec<i64>,
+        skip_ends: Vec<usize>,
+        k: usize,
+        vocabulary: Arc<Vocabulary>,
+        /// Where `scores` goes once ranked.
+        spare: SpareScores,
+    },
+}
+
+impl ScoredRows {
+    pub fn len(&self) -> usize {
+        match &self.rows {
+            Rows::Ranked(top) => top.len(),
+            Rows::Scores { skip_ends, .. } => skip_ends.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each row's top K, best first.
+    pub fn rank(self) -> Vec<TopK> {
+        let (scores, width, skip, skip_ends, k, vocabulary, spare) = match self.rows {
+            Rows::Ranked(top) => return top,
+            Rows::Scores {
+                scores,
+                width,
+                skip,
+                skip_ends,
+                k,
+                vocabulary,
+                spare,
+            } => (scores, width, skip, skip_ends, k, vocabulary, spare),
+        };
+        let mut masked = Vec::with_capacity(width);
+        let mut start = 0;
+        let top = scores
+            .chunks(width)
+            .zip(skip_ends)
+            .map(|(row, end)| {
+                let row_skip = &skip[start..end];
+                start = end;
+                best_k_in(row, k, row_skip, &mut masked)
+                    .into_iter()
+                    .filter_map(|(i, score)| named(&vocabulary, i, score))
+                    .collect()
+            })
+            .collect();
+        let mut spare = spare.lock().expect("spare scores lock");
+        // Two in flight at most (one being ranked, one being scored); more would only hold memory.
+        if spare.len() < 2 {
+            spare.push(scores);
+        }
+        top
+    }
+}
+
+fn named(vocabulary: &Vocabulary, index: i64, score: f32) -> Option<ScoredItem> {
+    vocabulary.id_of(index).map(|id| ScoredItem {
+        item_id: id.to_string(),
+        score,
+    })
+}
+
 fn run_err(e: impl std::fmt::Display) -> ModelError {
     ModelError::Run(e.to_string())
 }
@@ -160,10 +248,10 @@ impl Model {
     pub fn load(config: &ModelConfig) -> Result<Model, ModelError> {
         let env = init_runtime(config.runtime_library.as_deref())?;
         let manifest = Manifest::load(&config.path)?;
-        let vocabulary = Vocabulary::load(
+        let vocabulary = Arc::new(Vocabulary::load(
             &config.path.join(&manifest.vocabulary_file),
             manifest.n_items,
-        )?;
+        )?);
         let (full, provider) = open_graph(
             &env,
             config,
@@ -209,6 +297,7 @@ impl Model {
             step,
             prefill,
             provider,
+            spare_scores: SpareScores::default(),
         })
     }
 
@@ -286,8 +375,20 @@ impl Model {
         rows: usize,
         exclude_seen: bool,
     ) -> Result<Vec<TopK>, ModelError> {
+        Ok(self.recommend_scored(item_seq, rows, exclude_seen)?.rank())
+    }
+
+    /// [`Model::recommend`] with the ranking left to the caller.
+    pub fn recommend_scored(
+        &mut self,
+        item_seq: Vec<i64>,
+        rows: usize,
+        exclude_seen: bool,
+    ) -> Result<ScoredRows, ModelError> {
         if rows == 0 {
-            return Ok(Vec::new());
+            return Ok(ScoredRows {
+                rows: Rows::Ranked(Vec::new()),
+            });
         }
         let window = self.manifest.window;
         debug_assert_eq!(item_seq.len(), rows * window);
@@ -301,6 +402,7 @@ impl Model {
         top_k(
             &self.manifest,
             &self.vocabulary,
+            &self.spare_scores,
             &outputs,
             self.full.ranking,
             rows,
@@ -353,12 +455,25 @@ impl Model {
         seen: &[&[i64]],
         exclude_seen: bool,
     ) -> Result<Vec<TopK>, ModelError> {
+        Ok(self.step_scored(items, states, seen, exclude_seen)?.rank())
+    }
+
+    /// [`Model::step`] with the ranking left to the caller.
+    pub fn step_scored(
+        &mut self,
+        items: Vec<i64>,
+        states: &mut [&mut StateTensors],
+        seen: &[&[i64]],
+        exclude_seen: bool,
+    ) -> Result<ScoredRows, ModelError> {
         let rows = items.len();
         let (Some(graph), Some(spec)) = (self.step.as_mut(), self.manifest.step.as_ref()) else {
             return Err(ModelError::Run("the step graph is not loaded".into()));
         };
         if rows == 0 {
-            return Ok(Vec::new());
+            return Ok(ScoredRows {
+                rows: Rows::Ranked(Vec::new()),
+            });
         }
         let Graph {
             session,
@@ -379,6 +494,7 @@ impl Model {
         let top = top_k(
             &self.manifest,
             &self.vocabulary,
+            &self.spare_scores,
             &outputs,
             *ranking,
             rows,
@@ -458,23 +574,19 @@ fn write_state_outputs(
     Ok(())
 }
 
-/// Each row's best `k` items, leaving out the row's `seen` items when asked: picked from `scores`
-/// or read from the graph's own ranking ([`Ranking`]).
+/// The batch's rows for ranking: each row's `scores` (copied out of the graph's output) with its
+/// `seen` items when they are to be left out, or the graph's own ranking ([`Ranking`]) with the
+/// seen items dropped.
 fn top_k(
     manifest: &Manifest,
-    vocabulary: &Vocabulary,
+    vocabulary: &Arc<Vocabulary>,
+    spare: &SpareScores,
     outputs: &ort::session::SessionOutputs<'_>,
     ranking: Option<Ranking>,
     rows: usize,
     seen: &[&[i64]],
     exclude_seen: bool,
-) -> Result<Vec<TopK>, ModelError> {
-    let named = |(i, s): (i64, f32)| {
-        vocabulary.id_of(i).map(|id| ScoredItem {
-            item_id: id.to_string(),
-            score: s,
-        })
-    };
+) -> Result<ScoredRows, ModelError> {
     if ranking == Some(Ranking::Scores) {
         let (_, scores) = outputs["scores"]
             .try_extract_tensor::<f32>()
@@ -486,18 +598,32 @@ fn top_k(
                 scores.len()
             )));
         }
-        let mut masked = Vec::with_capacity(width);
-        return Ok(scores
-            .chunks(width)
-            .zip(seen)
-            .map(|(row, seen)| {
-                let skip = if exclude_seen { *seen } else { &[] };
-                best_k_in(row, manifest.k, skip, &mut masked)
-                    .into_iter()
-                    .filter_map(named)
-                    .collect()
-            })
-            .collect());
+        let mut skip = Vec::new();
+        let mut skip_ends = Vec::with_capacity(rows);
+        for seen in &seen[..rows] {
+            if exclude_seen {
+                skip.extend_from_slice(seen);
+            }
+            skip_ends.push(skip.len());
+        }
+        let mut copy = spare
+            .lock()
+            .expect("spare scores lock")
+            .pop()
+            .unwrap_or_default();
+        copy.clear();
+        copy.extend_from_slice(scores);
+        return Ok(ScoredRows {
+            rows: Rows::Scores {
+                scores: copy,
+                width,
+                skip,
+                skip_ends,
+                k: manifest.k,
+                vocabulary: vocabulary.clone(),
+                spare: spare.clone(),
+            },
+        });
     }
     let (_, items) = outputs["top_items"]
         .try_extract_tensor::<i64>()
@@ -513,7 +639,7 @@ fn top_k(
             scores.len()
         )));
     }
-    Ok(items
+    let top = items
         .chunks(candidates)
         .zip(scores.chunks(candidates))
         .zip(seen)
@@ -523,11 +649,14 @@ fn top_k(
                 .copied()
                 .zip(scores.iter().copied())
                 .filter(|(i, _)| !(exclude_seen && seen.contains(i)))
-                .filter_map(named)
+                .filter_map(|(i, s)| named(vocabulary, i, s))
                 .take(k)
                 .collect()
         })
-        .collect())
+        .collect();
+    Ok(ScoredRows {
+        rows: Rows::Ranked(top),
+    })
 }
 
 /// The `k` highest of one row of scores (index 0 is padding and never ranked), best first, equal
@@ -911,6 +1040,46 @@ mod tests {
                 "seen items are left out"
             );
         }
+    }
+
+    /// Rows handed on for ranking are ranked as they were scored, whichever is ranked first and
+    /// whether their score buffer is fresh or one an earlier, larger batch gave back.
+    #[test]
+    fn rows_ranked_later_on_reused_buffers_equal_rows_ranked_at_once() {
+        let config = shipped_model_config(ExecutionProvider::Cpu, false);
+        let mut model = Model::load(&config).unwrap();
+        let mut fresh = Model::load(&config).unwrap();
+        let rows_of = |model: &Model, histories: &[&[&str]]| {
+            let mut seq = Vec::new();
+            for h in histories {
+                model.encode_window(h.iter().copied(), &mut seq);
+            }
+            seq
+        };
+        let big: [&[&str]; 3] = [&["50", "181"], &["1"], &["258", "100", "7"]];
+        let small: [&[&str]; 1] = [&["300", "50"]];
+        let (big_seq, small_seq) = (rows_of(&model, &big), rows_of(&model, &small));
+        let want_big = fresh.recommend(big_seq.clone(), 3, true).unwrap();
+        let want_small = fresh.recommend(small_seq.clone(), 1, true).unwrap();
+        let names = |top: &[TopK]| -> Vec<Vec<String>> {
+            top.iter()
+                .map(|r| r.iter().map(|i| i.item_id.clone()).collect())
+                .collect()
+        };
+        // Two batches in flight, ranked in the opposite order.
+        let first = model.recommend_scored(big_seq.clone(), 3, true).unwrap();
+        let second = model.recommend_scored(small_seq.clone(), 1, true).unwrap();
+        assert_eq!((first.len(), second.len()), (3, 1));
+        assert_eq!(names(&second.rank()), names(&want_small));
+        assert_eq!(names(&first.rank()), names(&want_big));
+        // Now both buffers are spare: the small batch gets one that held three rows.
+        for _ in 0..2 {
+            let got = model.recommend_scored(small_seq.clone(), 1, true).unwrap();
+            assert_eq!(names(&got.rank()), names(&want_small));
+            let got = model.recommend(big_seq.clone(), 3, true).unwrap();
+            assert_eq!(names(&got), names(&want_big));
+        }
+        assert!(model.spare_scores.lock().unwrap().len() <= 2);
     }
 
     /// `step` fed event by event gives the same recommendations as `full` on the same prefix (the

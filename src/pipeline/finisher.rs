@@ -18,10 +18,18 @@ pub(super) struct Finisher<'a> {
 }
 
 impl Finisher<'_> {
-    pub(super) fn run(self, handed: mpsc::Receiver<Prepared>, report: mpsc::Sender<Finished>) {
-        for mut prepared in handed.iter() {
+    /// An error handed on by the encoder is reported in its batch's place.
+    pub(super) fn run(
+        self,
+        handed: mpsc::Receiver<Result<Prepared, PipelineError>>,
+        report: mpsc::Sender<Finished>,
+    ) {
+        for prepared in handed.iter() {
             self.stats.busy_begin();
-            let finished = self.finish(&mut prepared);
+            let finished = match prepared {
+                Ok(mut prepared) => self.finish(&mut prepared),
+                Err(e) => Finished::Failed(e),
+            };
             self.stats.busy_end();
             self.checkpoint.batch_ended();
             let stop = !matches!(finished, Finished::Written(_));

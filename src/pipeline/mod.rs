@@ -3,19 +3,20 @@
 //! 1. poll a micro-batch ([`Source::next_batch`]);
 //! 2. decode and validate each message; rejects become dead letters;
 //! 3. apply each user event to that user's memory (read from sled, changed in memory only);
-//! 4. one ONNX Runtime call for all of the batch's user events → top-K per event;
+//! 4. one ONNX Runtime call for all of the batch's user events → every item's score per event;
 //!    3b/4b. apply each supply-chain event to its SKU × location memory, step the demand
 //!    forecaster for the days that completed, assess stockout risk → alerts ([`crate::supply::stage`]);
-//! 5. produce recommendations, alerts, demand records (purchases that name a location, forwarded to
+//! 5. rank each event's top K and encode the outputs; produce recommendations, alerts, demand records (purchases that name a location, forwarded to
 //!    their SKU × location's partition), dead letters and the changed records to the changelog, and
 //!    wait for the broker's acknowledgements (on failure: produce the same outputs again; the state
 //!    is still unwritten); then the changelog's offset markers, which say the batch is complete;
 //! 6. write the changed memories and every partition's next offset to sled in one atomic batch, flush;
 //! 7. commit the offsets to Kafka (for lag monitoring and tools).
 //!
-//! Steps 1–4 run on the polling thread, 5–6 on a finisher thread, so the next batch is computed
-//! while the last one is acknowledged and written (one waits between them at most). The next batch
-//! reads the memories a handed-on batch changed from [`Pending`] until they are in the store.
+//! Steps 1–4 run on the polling thread, the ranking and encoding of step 5 on an encoder thread, and
+//! the rest of 5–6 on a finisher thread, so the next batch is computed while the last ones are
+//! encoded, acknowledged and written (one waits between each two at most). The next batch reads
+//! the memories a handed-on batch changed from [`Pending`] until they are in the store.
 //! Batches are finished in order; a batch that is not written (shutdown, error) takes every later
 //! one with it, since they were computed on its state. Rebalances wait until nothing is in flight
 //! ([`crate::checkpoint::Checkpoint`]).
@@ -40,16 +41,18 @@ use crate::memory::{Pending, PendingView, RecordOwner, StateCache, Store, StoreB
 use crate::metrics::{self, Health, Stage};
 use crate::model::forecaster::Forecaster;
 use crate::model::{Model, ModelError};
-use crate::recommend;
+use crate::recommend::{self, Unranked};
 use crate::rollout::{Desk, Shadow};
 use crate::shutdown::Shutdown;
 use crate::sink::{Output, Sink, SinkError};
 use crate::source::{Source, SourceError};
-use crate::supply::{AlertKind, SupplyError, SupplyStage};
+use crate::supply::{Alert, AlertKind, SupplyError, SupplyStage};
 
+mod encoder;
 mod finisher;
 mod worker;
 
+use encoder::{Computed, Encoder};
 use finisher::Finisher;
 use worker::Worker;
 
@@ -248,8 +251,11 @@ fn run_inner(
         model,
         state_cache: StateCache::new(config.store.state_cache_bytes, config.store.state_precision),
         supply,
-        changelog: changelog_topic.clone(),
         stats,
+    };
+    let encoder = Encoder {
+        config,
+        changelog: changelog_topic.as_deref(),
     };
     let finisher = Finisher {
         store: &store,
@@ -261,11 +267,14 @@ fn run_inner(
         changelog: changelog_topic.as_deref(),
     };
     let max_wait = Duration::from_millis(config.batch.max_wait_ms);
-    // One batch is computed while the one before it is produced, acknowledged and written: at most
-    // one waits between the two (backpressure).
-    let (hand_on, handed) = mpsc::sync_channel::<Prepared>(1);
+    // One batch is computed while the ones before it are encoded, produced, acknowledged and
+    // written: at most one waits between each two stages (backpressure).
+    let (to_encoder, computed) = mpsc::sync_channel::<Computed>(1);
+    let (hand_on, handed) = mpsc::sync_channel::<Result<Prepared, PipelineError>>(1);
     let (report, reports) = mpsc::channel::<Finished>();
     let outcome = std::thread::scope(|scope| {
+        let checkpoint = &checkpoint;
+        scope.spawn(move || encoder.run(computed, hand_on, checkpoint, stats));
         scope.spawn(move || finisher.run(handed, report));
         let mut last_gauges = Instant::now();
         let mut seq = 0u64;
@@ -287,8 +296,8 @@ fn run_inner(
                 stats.busy_begin();
                 seq += 1;
                 let shadow = rollout.as_mut().and_then(|desk| desk.shadow());
-                let prepared = match worker.prepare(&batch, seq, shadow) {
-                    Ok(p) => p,
+                let computed = match worker.compute(batch, seq, shadow) {
+                    Ok(c) => c,
                     Err(e) => {
                         stats.busy_end();
                         break Err(e);
@@ -297,14 +306,14 @@ fn run_inner(
                 pending
                     .lock()
                     .expect("pending lock")
-                    .remember(seq, &prepared.writes);
+                    .remember(seq, &computed.writes);
                 checkpoint.batch_started();
-                // Blocks while the finisher is a batch behind: that wait counts as busy.
-                let handed_on = hand_on.send(prepared);
+                // Blocks while the encoder is a batch behind: that wait counts as busy.
+                let handed_on = to_encoder.send(computed);
                 stats.busy_end();
                 if handed_on.is_err() {
                     checkpoint.batch_ended();
-                    break Ok(()); // the finisher stopped; its report says why
+                    break Ok(()); // the encoder and finisher stopped; the report says why
                 }
             }
             if last_gauges.elapsed() > Duration::from_secs(1) {
@@ -312,8 +321,8 @@ fn run_inner(
                 last_gauges = Instant::now();
             }
         };
-        // Let the finisher write what it was handed, then commit those offsets too.
-        drop(hand_on);
+        // Let the encoder and finisher write what they were handed, then commit those offsets too.
+        drop(to_encoder);
         let finished = commit_finished(&source, reports.iter(), stats, health);
         outcome.and(finished.map(|_| ()))
     });
