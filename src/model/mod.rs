@@ -406,8 +406,7 @@ impl Model {
             &outputs,
             self.full.ranking,
             rows,
-            &seen,
-            exclude_seen,
+            exclude_seen.then_some(&seen[..]),
         )
     }
 
@@ -498,8 +497,7 @@ impl Model {
             &outputs,
             *ranking,
             rows,
-            seen,
-            exclude_seen,
+            exclude_seen.then_some(seen),
         )?;
         write_state_outputs(&spec.state, &outputs, states, StateOutputs::Step)?;
         Ok(top)
@@ -574,9 +572,9 @@ fn write_state_outputs(
     Ok(())
 }
 
-/// The batch's rows for ranking: each row's `scores` (copied out of the graph's output) with its
-/// `seen` items when they are to be left out, or the graph's own ranking ([`Ranking`]) with the
-/// seen items dropped.
+/// The batch's rows for ranking: each row's `scores` (copied out of the graph's output) with the
+/// items to leave out of it (`skip`, one list per row; `None` leaves nothing out), or the graph's
+/// own ranking ([`Ranking`]) with those items dropped.
 fn top_k(
     manifest: &Manifest,
     vocabulary: &Arc<Vocabulary>,
@@ -584,9 +582,9 @@ fn top_k(
     outputs: &ort::session::SessionOutputs<'_>,
     ranking: Option<Ranking>,
     rows: usize,
-    seen: &[&[i64]],
-    exclude_seen: bool,
+    skip: Option<&[&[i64]]>,
 ) -> Result<ScoredRows, ModelError> {
+    let skip_of = |row: usize| skip.and_then(|s| s.get(row).copied()).unwrap_or(&[]);
     if ranking == Some(Ranking::Scores) {
         let (_, scores) = outputs["scores"]
             .try_extract_tensor::<f32>()
@@ -598,13 +596,11 @@ fn top_k(
                 scores.len()
             )));
         }
-        let mut skip = Vec::new();
+        let mut skipped = Vec::new();
         let mut skip_ends = Vec::with_capacity(rows);
-        for seen in &seen[..rows] {
-            if exclude_seen {
-                skip.extend_from_slice(seen);
-            }
-            skip_ends.push(skip.len());
+        for row in 0..rows {
+            skipped.extend_from_slice(skip_of(row));
+            skip_ends.push(skipped.len());
         }
         let mut copy = spare
             .lock()
@@ -617,7 +613,7 @@ fn top_k(
             rows: Rows::Scores {
                 scores: copy,
                 width,
-                skip,
+                skip: skipped,
                 skip_ends,
                 k: manifest.k,
                 vocabulary: vocabulary.clone(),
@@ -642,13 +638,14 @@ fn top_k(
     let top = items
         .chunks(candidates)
         .zip(scores.chunks(candidates))
-        .zip(seen)
-        .map(|((items, scores), seen)| {
+        .enumerate()
+        .map(|(row, (items, scores))| {
+            let skip = skip_of(row);
             items
                 .iter()
                 .copied()
                 .zip(scores.iter().copied())
-                .filter(|(i, _)| !(exclude_seen && seen.contains(i)))
+                .filter(|(i, _)| !skip.contains(i))
                 .filter_map(|(i, s)| named(vocabulary, i, s))
                 .take(k)
                 .collect()
