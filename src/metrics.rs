@@ -315,16 +315,19 @@ pub enum Stage {
     Decode,
     Memory,
     Inference,
+    /// Ranking the answers and encoding the outputs, on the encoder thread.
+    Encode,
     Produce,
     Store,
     Commit,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Decode,
         Stage::Memory,
         Stage::Inference,
+        Stage::Encode,
         Stage::Produce,
         Stage::Store,
         Stage::Commit,
@@ -335,6 +338,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Memory => "memory",
             Stage::Inference => "inference",
+            Stage::Encode => "encode",
             Stage::Produce => "produce",
             Stage::Store => "store",
             Stage::Commit => "commit",

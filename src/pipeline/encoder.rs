@@ -39,7 +39,9 @@ impl Encoder<'_> {
     ) {
         for batch in computed.iter() {
             stats.busy_begin();
+            let t = Instant::now();
             let prepared = self.encode(batch);
+            stats.record_stage(Stage::Encode, t);
             let failed = prepared.is_err();
             // Blocks while the finisher is a batch behind: that wait counts as busy.
             let handed_on = hand_on.send(prepared);

@@ -1,5 +1,5 @@
-//! Steps 2–4 of a micro-batch on the polling thread: decode, answer each user event (up to its
-//! ranking), assess the supply-chain events, and what the state will be.
+//! Steps 2–4 of a micro-batch on the polling thread: decode, score each user event (the encoder
+//! ranks the scores), assess the supply-chain events, and gather the state the batch leaves.
 
 use super::*;
 
