@@ -132,7 +132,8 @@ class SASRec(nn.Module):
         t = seq.shape[1]
         q = queries or t
         i = torch.arange(t, device=seq.device)
-        dist = (i[t - q:].view(-1, 1) - i.view(1, -1)).float()               # query - key
+        rows = i if queries is None else i[t - q:]        # no Slice in the graphs that take every row
+        dist = (rows.view(-1, 1) - i.view(1, -1)).float()                    # query - key
         allowed = (dist >= 0) & (dist < self.span)
         key_real = (seq > 0).view(seq.shape[0], 1, 1, t)
         allowed = allowed.view(1, 1, q, t) & (key_real | (dist == 0).view(1, 1, q, t))
