@@ -19,7 +19,6 @@
 //! throughput from the JSON (`make bench` does both).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,6 +121,7 @@ pub struct ModelRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub machine: String,
+    /// The commit the binary was built from (build.rs), `-dirty` with uncommitted code changes.
     pub commit: String,
     pub command: String,
     pub broker: String,
@@ -442,16 +442,6 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}")
 }
 
-fn commit_id() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut base = Config::load(&args.config)?;
     let broker = match &args.brokers {
@@ -509,7 +499,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let report = Report {
         machine: machine(),
-        commit: commit_id(),
+        commit: env!("LONGMEM_BUILD_COMMIT").to_string(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         broker: if args.brokers.is_some() {
             bootstrap.clone()
