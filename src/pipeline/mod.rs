@@ -89,6 +89,9 @@ pub struct RunStats {
     pub batches: AtomicU64,
     pub recommendations: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Users whose step state was not in the state cache and was rebuilt from their window (by the
+    /// prefill graph or by replaying it): each costs about a window's worth of model work.
+    pub state_rebuilds: AtomicU64,
     /// Nanoseconds during which a batch was being processed by either thread (not waiting for input).
     pub busy_nanos: AtomicU64,
     /// Threads at work now, and since when at least one has been.

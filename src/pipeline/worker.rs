@@ -67,6 +67,10 @@ impl Worker<'_> {
             self.config.model.exclude_seen,
         )?;
         metrics::record_state_cache(outcome.rebuilt, &self.state_cache);
+        self.stats.state_rebuilds.fetch_add(
+            outcome.rebuilt.prefilled + outcome.rebuilt.replayed,
+            Ordering::Relaxed,
+        );
         metrics::record_stage(Stage::Inference, outcome.inference);
         self.stats.add_stage(Stage::Inference, outcome.inference);
         let memory_time = t.elapsed().saturating_sub(outcome.inference);

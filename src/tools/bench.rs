@@ -90,6 +90,8 @@ pub struct LatencyPhase {
     pub offered_per_s: f64,
     pub sustained_per_s: f64,
     pub mean_batch: f64,
+    /// Step states rebuilt from the window (state-cache misses) per event answered in the phase.
+    pub rebuilt_per_event: f64,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -586,6 +588,7 @@ fn measure(
             let count = (rate * args.phase_seconds).max(1.0) as usize;
             let before = daemon.stats.messages.load(Ordering::Relaxed);
             let batches_before = daemon.stats.batches.load(Ordering::Relaxed);
+            let rebuilt_before = daemon.stats.state_rebuilds.load(Ordering::Relaxed);
             daemon.stats.take_latency();
             let b = bar(
                 count as u64,
@@ -598,6 +601,7 @@ fn measure(
             wait_processed(&daemon, before + count as u64, &b, Duration::from_secs(300))?;
             let sustained = count as f64 / started.elapsed().as_secs_f64();
             let batches = daemon.stats.batches.load(Ordering::Relaxed) - batches_before;
+            let rebuilt = daemon.stats.state_rebuilds.load(Ordering::Relaxed) - rebuilt_before;
             b.finish_and_clear();
             let h = daemon.stats.take_latency().context("no latency recorded")?;
             let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
@@ -606,6 +610,7 @@ fn measure(
                 offered_per_s: rate,
                 sustained_per_s: sustained,
                 mean_batch: count as f64 / batches.max(1) as f64,
+                rebuilt_per_event: rebuilt as f64 / count as f64,
                 p50_ms: ms(0.5),
                 p95_ms: ms(0.95),
                 p99_ms: ms(0.99),
@@ -705,19 +710,20 @@ fn markdown(r: &Report) -> String {
     }
     s.push_str("\nEnd-to-end latency (produced → recommendation acknowledged) at fractions of each run's peak:\n\n");
     s.push_str(
-        "| model | mode | offered | sustained | mean batch | p50 ms | p95 ms | p99 ms | max ms |\n",
+        "| model | mode | offered | sustained | mean batch | states rebuilt | p50 ms | p95 ms | p99 ms | max ms |\n",
     );
-    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for run in &r.runs {
         for p in &run.latency {
             s.push_str(&format!(
-                "| {} | {} | {:.0}% ({:.0}/s) | {:.0}/s | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                "| {} | {} | {:.0}% ({:.0}/s) | {:.0}/s | {:.0} | {:.0}% | {:.1} | {:.1} | {:.1} | {:.1} |\n",
                 run.model.rsplit('/').next().unwrap_or(&run.model),
                 run.mode,
                 100.0 * p.offered_fraction,
                 p.offered_per_s,
                 p.sustained_per_s,
                 p.mean_batch,
+                100.0 * p.rebuilt_per_event,
                 p.p50_ms,
                 p.p95_ms,
                 p.p99_ms,
