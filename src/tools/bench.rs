@@ -106,6 +106,8 @@ pub struct ModelRun {
     pub events_per_s: f64,
     pub cpu_seconds_per_million: f64,
     pub mean_batch: f64,
+    /// Step states rebuilt from the window (state-cache misses) per event of the drain.
+    pub rebuilt_per_event: f64,
     pub busy_seconds_by_stage: Vec<(String, f64)>,
     pub latency: Vec<LatencyPhase>,
     /// The daemon's peak resident memory: the process's peak less the benchmark's own share.
@@ -568,6 +570,7 @@ fn measure(
     reset_peak_rss();
     let before_daemon = current_rss();
     let daemon = InProcessDaemon::start(&config)?;
+    let mut drain_rebuilt = 0.0;
     let result = (|| -> anyhow::Result<(f64, f64, f64, Vec<LatencyPhase>)> {
         daemon.wait_ready()?;
         let cpu0 = cpu_seconds();
@@ -580,6 +583,7 @@ fn measure(
         let peak = n as f64 / elapsed;
         let batches = daemon.stats.batches.load(Ordering::Relaxed).max(1);
         let mean_batch = daemon.stats.messages.load(Ordering::Relaxed) as f64 / batches as f64;
+        drain_rebuilt = daemon.stats.state_rebuilds.load(Ordering::Relaxed) as f64 / n as f64;
 
         let mut phases = Vec::new();
         let mut cursor = 0usize;
@@ -655,6 +659,7 @@ fn measure(
         events_per_s: peak,
         cpu_seconds_per_million: cpu_per_million,
         mean_batch,
+        rebuilt_per_event: drain_rebuilt,
         busy_seconds_by_stage: stages,
         latency,
         peak_rss_bytes,
@@ -688,11 +693,11 @@ fn markdown(r: &Report) -> String {
         "Passthrough ceiling (the daemon's consumer and producer, no state or model): {:.0} events/s\n\n",
         r.passthrough_per_s
     ));
-    s.push_str("| model | mode | events/s | of passthrough | of model alone (mean batch) | of store alone | mean batch | CPU s / M events | daemon peak RSS | store B/user | stored state B/user |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| model | mode | events/s | of passthrough | of model alone (mean batch) | of store alone | mean batch | states rebuilt | CPU s / M events | daemon peak RSS | store B/user | stored state B/user |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for run in &r.runs {
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0}% | {:.0}% ({:.0}/s) | {:.0}% ({:.0}/s) | {:.0} | {:.0} | {:.0} MiB | {:.0} | {} |\n",
+            "| {} | {} | {:.0} | {:.0}% | {:.0}% ({:.0}/s) | {:.0}% ({:.0}/s) | {:.0} | {:.0}% | {:.0} | {:.0} MiB | {:.0} | {} |\n",
             run.model.rsplit('/').next().unwrap_or(&run.model),
             run.mode,
             run.events_per_s,
@@ -702,6 +707,7 @@ fn markdown(r: &Report) -> String {
             100.0 * run.events_per_s / run.store_events_per_s.max(1e-9),
             run.store_events_per_s,
             run.mean_batch,
+            100.0 * run.rebuilt_per_event,
             run.cpu_seconds_per_million,
             run.peak_rss_bytes as f64 / (1 << 20) as f64,
             run.store_bytes_per_user,
