@@ -10,7 +10,7 @@ import torch
 from onnx.external_data_helper import set_external_data
 
 from .data import left_pad
-from .models import FullGraph, PrefillGraph, StepGraph
+from .models import FullGraph, PrefillGraph, SASRec, StepGraph
 
 
 RANKING = ("top_items", "top_scores")
@@ -131,6 +131,23 @@ def export_prefill(model, out_dir, names, batch_axis):
                       do_constant_folding=False)
 
 
+def constants_to_initializers(graph, min_bytes):
+    """Large Constant nodes (tensors the export computed once, such as SASRec's per-item first-layer
+    keys and values) become initializers, so that share_weights stores them once, beside the weights."""
+    kept = []
+    for node in graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is not None and len(value.raw_data) >= min_bytes:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def share_weights(out_dir, graphs, weights="weights.bin", min_bytes=1024):
     """Moves the graphs' large initializers into one external `weights.bin`, each distinct tensor
     stored once: the full and step graphs share the item embeddings, which are most of a model's
@@ -139,6 +156,7 @@ def share_weights(out_dir, graphs, weights="weights.bin", min_bytes=1024):
     offsets, blob = {}, bytearray()
     models = [onnx.load(os.path.join(out_dir, g)) for g in graphs]
     for model in models:
+        constants_to_initializers(model.graph, min_bytes)
         for tensor in model.graph.initializer:
             raw = tensor.raw_data
             if len(raw) < min_bytes:
@@ -222,9 +240,14 @@ def prefill_parity(out_dir, state_spec, cases, window, k=10, batch=256):
         filled = stepped["cache_mask"] > 0
         if not (filled == (built["cache_mask"] > 0)).all():
             raise AssertionError("prefill and step disagree on which cache slots are filled")
-        for name in ("k_cache", "v_cache"):
-            slots = filled[None, :, None, :, None]               # [L, B, H, S-1, dh]
-            diff = np.where(slots, np.abs(stepped[name] - built[name]), 0.0)
+        for s in state_spec:
+            if s["name"] == "cache_mask" or s["name"] not in built or stepped[s["name"]].size == 0:
+                continue
+            # The filled slots: [B, S-1] spread over the tensor's batch and sliding axes.
+            shape = [1] * stepped[s["name"]].ndim
+            shape[s["batch_axis"]], shape[s["append_axis"]] = filled.shape
+            slots = filled.reshape(shape)
+            diff = np.where(slots, np.abs(stepped[s["name"]] - built[s["name"]]), 0.0)
             max_diff = max(max_diff, float(diff.max()))
         nxt = np.array([cases[u][1] for u in chunk], dtype=np.int64)
         a = step.run(["scores"], {"item": nxt, **stepped})[0][:, 1:]
@@ -277,6 +300,9 @@ def cost_per_event(out_dir, state_spec, window, n_items, seconds=2.0):
                  for s in state_spec}
         if "cache_mask" in state:
             state["cache_mask"] = np.ones_like(state["cache_mask"])
+        if "cache_items" in state:            # a full cache of real items, as two base-2048 digits
+            ids = x[:, -state["cache_items"].shape[1] - 1:-1]
+            state["cache_items"] = np.stack([ids // SASRec.ID_BASE, ids % SASRec.ID_BASE], axis=-1).astype(np.float32)
         feeds_step = {"item": x[:, -1], **state}
         for name, sess, feeds in (("full", full, feeds_full), ("step", step, feeds_step)):
             # What the daemon fetches: the graph's own ranking, or every score for it to rank.

@@ -147,48 +147,86 @@ class SASRec(nn.Module):
             x = block(x, bias)
         return self.norm(x)
 
-    def prefill(self, seq):
-        """seq [B, W] left-padded -> the step state after the window, in one pass: each layer's keys
-        and values of the last span - 1 positions. The window covers every layer's receptive field
-        (asserted in __init__), so this equals stepping the user's whole history item by item: the
-        key/value cache is a function of the window and need not be stored.
+    # --- state for the step graph ---
+    # The first layer reads the item embeddings alone (ALiBi adds no position to them), so its keys
+    # and values are a function of the item: the state keeps the ids of the cached positions and the
+    # graphs look the first layer's keys and values up in a per-item table exported with them. That
+    # halves a 2-layer model's state per user (the daemon's state cache holds twice the users). The
+    # ids are kept as two base-2048 digits, which the daemon's f16 state holds exactly.
+    ID_BASE = 2048
 
-        Only what the cache needs is computed: layer l's keys and values over the last
-        (layers - l) * (span - 1) positions, and its outputs (queries, attention, feed-forward) over
-        the last (layers - l - 1) * (span - 1), which the next layer's keys read; the last layer's
-        outputs not at all. For 2 layers over a 50-item window that is about a third of encoding it
-        (the daemon calls this for every user whose cache it had to drop)."""
+    def item_keys_values(self):
+        """The first layer's keys and values of every item, [H, n_items + 1, dh] each."""
+        assert self.n_items + 1 <= self.ID_BASE ** 2, "item ids beyond two base-2048 digits"
+        block = self.blocks[0]
+        items = torch.arange(self.n_items + 1, device=self.slopes.device).unsqueeze(0)
+        k, v = block.keys_values(block.ln1(self.embed(items)))
+        return k[0], v[0]
+
+    def id_digits(self, items):
+        """items [...] -> [..., 2] float digits."""
+        return torch.stack([torch.div(items, self.ID_BASE, rounding_mode="floor"), items % self.ID_BASE], -1).float()
+
+    def first_layer_cache(self, digits, table):
+        """The first layer's keys and values [B, H, T, dh] of the items whose digits [B, T, 2] are given."""
+        ids = (digits[..., 0] * self.ID_BASE + digits[..., 1]).long()
+        # Head by head and stacked: a gather followed by a transpose keeps ONNX Runtime from fusing
+        # the attention's own transpose into its MatMul (a third of the step graph's time).
+        return tuple(torch.stack([t[h][ids] for h in range(self.heads)], dim=1) for t in table)
+
+    def prefill(self, seq, table=None):
+        """seq [B, W] left-padded -> the step state after the window, in one pass: the ids of the last
+        span - 1 items and each later layer's keys and values of those positions. The window covers
+        every layer's receptive field (asserted in __init__), so this equals stepping the user's whole
+        history item by item: the state is a function of the window and need not be stored.
+
+        Only what the state needs is computed: layer l's keys and values over the last
+        (layers - l) * (span - 1) positions (the first layer's from the per-item table), and its
+        outputs (queries, attention, feed-forward) over the last (layers - l - 1) * (span - 1), which
+        the next layer's keys read; the last layer's outputs not at all (the daemon calls this for
+        every user whose state it had to drop). `table`: item_keys_values(), computed when absent."""
         s1, layers = self.span - 1, len(self.blocks)
+        table = table or self.item_keys_values()
         seq = seq[:, -layers * s1:]
         x = self.embed(seq)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
-            h = block.ln1(x)
-            k, v = block.keys_values(h)
-            ks.append(k[:, :, -s1:])
-            vs.append(v[:, :, -s1:])
             n = (layers - i - 1) * s1
+            if i == 0:
+                k, v = self.first_layer_cache(self.id_digits(seq), table)
+                h = block.ln1(x[:, -n:]) if n else None
+            else:
+                h = block.ln1(x)
+                k, v = block.keys_values(h)
+                ks.append(k[:, :, -s1:])
+                vs.append(v[:, :, -s1:])
             if n:
                 x = block.last_outputs(x, h, k, v, self.attention_bias(seq[:, -x.shape[1]:], n), n)
-        mask = (seq[:, -s1:] > 0).float()
-        return torch.stack(ks), torch.stack(vs), mask
+        cached = seq[:, -s1:]
+        kv = (torch.stack(ks), torch.stack(vs)) if ks else ()
+        return (self.id_digits(cached), *kv, (cached > 0).float())
 
     def scores(self, hidden):
         return F.linear(hidden, output_embedding(self).weight)  # exports as one Gemm, no transposed copy
 
-    # --- state for the step graph ---
     def state_shapes(self, batch):
-        s = (self.layers, batch, self.heads, self.span - 1, self.dim // self.heads)
-        return {"k_cache": s, "v_cache": s, "cache_mask": (batch, self.span - 1)}
+        s = (self.layers - 1, batch, self.heads, self.span - 1, self.dim // self.heads)
+        later_layers = {"k_cache": s, "v_cache": s} if self.layers > 1 else {}
+        return {"cache_items": (batch, self.span - 1, 2), **later_layers, "cache_mask": (batch, self.span - 1)}
 
     # The step graph returns only the newest entry of each sliding state along these axes; the
     # daemon drops the oldest and appends it (manifest `append_axis`). Returning the whole shifted
     # cache was a third of the step graph's time, all copies (docs/performance.md).
-    append_axes = {"k_cache": 3, "v_cache": 3, "cache_mask": 1}
+    append_axes = {"cache_items": 1, "k_cache": 3, "v_cache": 3, "cache_mask": 1}
 
-    def step(self, item, k_cache, v_cache, cache_mask):
-        """item [B]; caches [L, B, H, S-1, dh]; cache_mask [B, S-1] (1 = filled, oldest first).
-        Returns the hidden state and the newest entries: k, v [L, B, H, 1, dh] and mask [B, 1]."""
+    def step(self, item, *state, table=None):
+        """item [B]; state as state_shapes: cache_items [B, S-1, 2] (digits of the cached items),
+        k_cache, v_cache [L-1, B, H, S-1, dh] (the later layers'), cache_mask [B, S-1] (1 = filled,
+        oldest first). Returns the hidden state and the newest entries: the item's digits [B, 1, 2],
+        k, v [L-1, B, H, 1, dh] and mask [B, 1]. `table`: item_keys_values(), computed when absent."""
+        table = table or self.item_keys_values()
+        cache_items, cache_mask = state[0], state[-1]
+        k_cache, v_cache = state[1:-1] if len(state) == 4 else (None, None)
         dist = torch.arange(self.span - 1, -1, -1, device=item.device).float()     # oldest .. newest
         filled = torch.ones_like(cache_mask[:, :1])
         mask = torch.cat([cache_mask, filled], dim=1).unsqueeze(1).unsqueeze(1)
@@ -196,11 +234,15 @@ class SASRec(nn.Module):
         x = self.embed(item).unsqueeze(1)
         new_k, new_v = [], []
         for l, block in enumerate(self.blocks):
-            x, k, v = block.step(x, k_cache[l], v_cache[l], bias)
-            new_k.append(k)
-            new_v.append(v)
+            if l == 0:
+                x, _, _ = block.step(x, *self.first_layer_cache(cache_items, table), bias)
+            else:
+                x, k, v = block.step(x, k_cache[l - 1], v_cache[l - 1], bias)
+                new_k.append(k)
+                new_v.append(v)
         hidden = self.norm(x)[:, 0]
-        return hidden, (torch.stack(new_k), torch.stack(new_v), filled)
+        kv = (torch.stack(new_k), torch.stack(new_v)) if new_k else ()
+        return hidden, (self.id_digits(item).unsqueeze(1), *kv, filled)
 
 
 class GRU4Rec(nn.Module):
@@ -332,6 +374,23 @@ def build(args, n_items):
                                        positions=args.get("positions", "alibi"))
 
 
+class ItemTable(nn.Module):
+    """A model's per-item first-layer keys and values (SASRec.item_keys_values), computed once at
+    export and stored in the graph as constants; nothing for a model without them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.present = hasattr(model, "item_keys_values")
+        if self.present:
+            with torch.no_grad():
+                k, v = model.item_keys_values()
+            self.register_buffer("item_keys", k, persistent=False)
+            self.register_buffer("item_values", v, persistent=False)
+
+    def kwargs(self):
+        return {"table": (self.item_keys, self.item_values)} if self.present else {}
+
+
 class FullGraph(nn.Module):
     """item_seq [B, W] -> top_items, top_scores [B, candidates], scores [B, n_items + 1]."""
 
@@ -354,9 +413,10 @@ class PrefillGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.table = ItemTable(model)
 
     def forward(self, item_seq):
-        return self.model.prefill(item_seq)
+        return self.model.prefill(item_seq, **self.table.kwargs())
 
 
 class StepGraph(nn.Module):
@@ -365,9 +425,10 @@ class StepGraph(nn.Module):
     def __init__(self, model, candidates):
         super().__init__()
         self.model, self.candidates = model, candidates
+        self.table = ItemTable(model)
 
     def forward(self, item, *state):
-        hidden, new_state = self.model.step(item, *state)
+        hidden, new_state = self.model.step(item, *state, **self.table.kwargs())
         scores = self.model.scores(hidden)
         scores = torch.cat([torch.full_like(scores[:, :1], -1e9), scores[:, 1:]], dim=1)
         top_scores, top_items = torch.topk(scores, self.candidates, dim=1)
