@@ -967,12 +967,18 @@ mod tests {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sasrec-ml100k");
         let text = std::fs::read_to_string(shipped.join("model.json")).unwrap();
         let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let k_cache = json["step"]["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|s| s["name"] == "k_cache")
+            .expect("the shipped model has a k_cache");
         assert_eq!(
-            json["step"]["state"][0]["append_axis"], 3,
+            json["step"]["state"][k_cache]["append_axis"], 3,
             "the shipped cache appends"
         );
         for bad in [0, 1, 5] {
-            json["step"]["state"][0]["append_axis"] = bad.into();
+            json["step"]["state"][k_cache]["append_axis"] = bad.into();
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("model.json"), json.to_string()).unwrap();
             let err = Manifest::load(dir.path()).unwrap_err().to_string();
