@@ -157,6 +157,7 @@ class SASRec(nn.Module):
 
     def item_keys_values(self):
         """The first layer's keys and values of every item, [H, n_items + 1, dh] each."""
+        assert self.exact_step, "with learned positions the first layer's input depends on the position"
         assert self.n_items + 1 <= self.ID_BASE ** 2, "item ids beyond two base-2048 digits"
         block = self.blocks[0]
         items = torch.arange(self.n_items + 1, device=self.slopes.device).unsqueeze(0)
@@ -380,7 +381,7 @@ class ItemTable(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.present = hasattr(model, "item_keys_values")
+        self.present = hasattr(model, "item_keys_values") and getattr(model, "exact_step", False)
         if self.present:
             with torch.no_grad():
                 k, v = model.item_keys_values()
