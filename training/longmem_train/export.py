@@ -241,7 +241,7 @@ def prefill_parity(out_dir, state_spec, cases, window, k=10, batch=256):
         if not (filled == (built["cache_mask"] > 0)).all():
             raise AssertionError("prefill and step disagree on which cache slots are filled")
         for s in state_spec:
-            if s["name"] == "cache_mask" or s["name"] not in built or stepped[s["name"]].size == 0:
+            if s["name"] == "cache_mask":
                 continue
             # The filled slots: [B, S-1] spread over the tensor's batch and sliding axes.
             shape = [1] * stepped[s["name"]].ndim
@@ -302,7 +302,7 @@ def cost_per_event(out_dir, state_spec, window, n_items, seconds=2.0):
             state["cache_mask"] = np.ones_like(state["cache_mask"])
         if "cache_items" in state:            # a full cache of real items, as two base-2048 digits
             ids = x[:, -state["cache_items"].shape[1] - 1:-1]
-            state["cache_items"] = np.stack([ids // SASRec.ID_BASE, ids % SASRec.ID_BASE], axis=-1).astype(np.float32)
+            state["cache_items"] = SASRec.id_digits(torch.from_numpy(ids)).numpy()
         feeds_step = {"item": x[:, -1], **state}
         for name, sess, feeds in (("full", full, feeds_full), ("step", step, feeds_step)):
             # What the daemon fetches: the graph's own ranking, or every score for it to rank.

@@ -164,9 +164,10 @@ class SASRec(nn.Module):
         k, v = block.keys_values(block.ln1(self.embed(items)))
         return k[0], v[0]
 
-    def id_digits(self, items):
+    @classmethod
+    def id_digits(cls, items):
         """items [...] -> [..., 2] float digits."""
-        return torch.stack([torch.div(items, self.ID_BASE, rounding_mode="floor"), items % self.ID_BASE], -1).float()
+        return torch.stack([torch.div(items, cls.ID_BASE, rounding_mode="floor"), items % cls.ID_BASE], -1).float()
 
     def first_layer_cache(self, digits, table):
         """The first layer's keys and values [B, H, T, dh] of the items whose digits [B, T, 2] are given."""
