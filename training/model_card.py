@@ -99,7 +99,9 @@ def recommender_card(m, r):
         state = ", ".join(f"`{s['name']}` {s['shape']}" for s in step["state"])
         graphs = (f"`model.onnx` (full: `item_seq` [batch, {m['window']}] → {answer}), "
                   f"`step.onnx` (`item` [batch] + state → {step_answer})"
-                  f"{'; both' if 'prefill' not in step else ', `prefill.onnx` (`item_seq` → the state after the window); all three'} read `weights.bin`")
+                  f"{'' if 'prefill' not in step else ', `prefill.onnx` (`item_seq` → the state after the window)'}"
+                  f"{'' if 'chunk' not in step else ', `chunk.onnx` (several items per user + state → every item’s scores and the new state)'}"
+                  f"; all read `weights.bin`")
     else:
         graphs = (f"`model.onnx` only (full: `item_seq` [batch, {m['window']}] → {answer}); the daemon runs it with "
                   f"`model.mode = \"full\"`")
@@ -160,6 +162,13 @@ def recommender_card(m, r):
             f"and rebuilds a missing one with it) vs stepping each test user's whole prefix: the next step ranks the same "
             f"top 10 from either state for {round(q['same_top10_share'] * q['users']):,} of {q['users']:,} users, "
             f"largest difference in the filled cache slots {q['max_abs_state_diff']:.1e}.")
+    if "chunk_parity" in r:
+        q = r["chunk_parity"]
+        lines.append(
+            f"- `chunk.onnx` (a user's burst of events in one micro-batch, in one call) vs `step` one item at a time, each "
+            f"test user's first 80 items fed in bursts of 0 to 40: the same top 10 for {round(q['same_top10_share'] * q['items']):,} "
+            f"of {q['items']:,} items, largest score difference {q['max_abs_score_diff']:.1e}, largest state difference "
+            f"after the last burst {q['max_abs_state_diff']:.1e}.")
     return "\n".join(lines)
 
 

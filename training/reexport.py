@@ -4,7 +4,7 @@ contract, without retraining.
     python training/reexport.py models/sasrec-ml100k [models/sasrec-games ...]
 
 The weights are read back from the directory's full graph (its initializers keep PyTorch's names)
-and every graph is written again: model.onnx, step.onnx, prefill.onnx where the model has one, and
+and every graph is written again: model.onnx, step.onnx, prefill.onnx and chunk.onnx where the model has them, and
 weights.bin. The full graph computes what it did (checked: largest score difference against the old
 graph on test users); the manifest's step state takes the current contract (e.g. `append_axis`: the
 step graph returns only the newest cache entry), and metrics.json's parity, prefill parity and CPU
@@ -26,7 +26,8 @@ from onnx import numpy_helper
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from longmem_train import data as D                                                   # noqa: E402
 from longmem_train.data import left_pad                                               # noqa: E402
-from longmem_train.export import cost_per_event, export, parity, prefill_parity, session  # noqa: E402
+from longmem_train.export import (chunk_manifest, chunk_parity, cost_per_event, export, parity,  # noqa: E402
+                                  prefill_parity, session)
 from longmem_train.models import build                                                # noqa: E402
 from longmem_train.provenance import environment                                      # noqa: E402
 
@@ -41,6 +42,8 @@ def full_scores(model_dir, cases, window, users=512):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+")
+    p.add_argument("--keep-cost", action="store_true",
+                   help="keep metrics.json's CPU cost (measure it apart, on an idle machine: training/measure_cost.py)")
     args = p.parse_args()
     for model_dir in args.models:
         with open(os.path.join(model_dir, "model.json")) as f:
@@ -71,6 +74,8 @@ def main():
             sys.exit(f"{model_dir}: the re-exported full graph scores differently (largest difference {full_diff})")
 
         manifest["step"]["state"] = state_spec
+        if hasattr(model, "chunk"):
+            manifest["step"]["chunk"] = chunk_manifest(model)
         manifest["training"]["reexported"] = {"script": "training/reexport.py", "environment": environment()}
         with open(os.path.join(model_dir, "model.json"), "w") as f:
             json.dump(manifest, f, indent=2); f.write("\n")
@@ -81,13 +86,16 @@ def main():
         metrics["parity"] = parity(model_dir, state_spec, test, manifest["window"], manifest["step"]["history"])
         if "prefill" in manifest["step"]:
             metrics["prefill_parity"] = prefill_parity(model_dir, state_spec, test, manifest["window"])
-        metrics["cpu_cost"] = cost_per_event(model_dir, state_spec, manifest["window"], manifest["n_items"])
-        metrics["cpu_cost_measured_by"] = "training/reexport.py"
+        if "chunk" in manifest["step"]:
+            metrics["chunk_parity"] = chunk_parity(model_dir, state_spec, test)
+        if not args.keep_cost:
+            metrics["cpu_cost"] = cost_per_event(model_dir, state_spec, manifest["window"], manifest["n_items"])
+            metrics["cpu_cost_measured_by"] = "training/reexport.py"
         metrics["reexport_full_graph_max_abs_score_diff"] = full_diff
         with open(path, "w") as f:
             json.dump(metrics, f, indent=2); f.write("\n")
         print(model_dir, "full graph unchanged (largest difference", full_diff, ") parity", metrics["parity"],
-              "prefill", metrics.get("prefill_parity"), "cost", metrics["cpu_cost"], flush=True)
+              "prefill", metrics.get("prefill_parity"), "chunk", metrics.get("chunk_parity"), "cost", metrics["cpu_cost"], flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from longmem_train import data as D                                  # noqa: E402
 from longmem_train.evaluate import complete_users, evaluate, popularity_scorer  # noqa: E402
-from longmem_train.export import cost_per_event, export, parity, prefill_parity, ranked_outputs, session  # noqa: E402
+from longmem_train.export import chunk_manifest, chunk_parity, cost_per_event, export, parity, prefill_parity, ranked_outputs, session  # noqa: E402
 from longmem_train.provenance import environment                   # noqa: E402
 from longmem_train.models import RECOMMENDERS, build, training_loss  # noqa: E402
 
@@ -172,6 +172,9 @@ def main():
         if hasattr(model, "prefill"):
             results["prefill_parity"] = prefill_parity(args.out, state_spec, test, args.window)
             print("prefill parity", results["prefill_parity"], flush=True)
+        if hasattr(model, "chunk"):
+            results["chunk_parity"] = chunk_parity(args.out, state_spec, test)
+            print("chunk parity", results["chunk_parity"], flush=True)
         results["cpu_cost"] = cost_per_event(args.out, state_spec, args.window, ds.n_items)
         print("cpu cost", results["cpu_cost"], flush=True)
         results["state_bytes_per_user"] = sum(4 * int(np.prod([d for d in s["shape"] if d != "batch"])) for s in state_spec)
@@ -187,7 +190,8 @@ def main():
                     {"name": "scores", "dtype": "float32", "shape": ["batch", ds.n_items + 1]}],
         **({"step": {"model_file": "step.onnx", "item_input": "item", "history": step_history, "state": state_spec,
                      "outputs": [o["name"] for o in ranked_outputs(candidates, args.rank_in_graph)] + ["scores"],
-                     **({"prefill": {"model_file": "prefill.onnx", "input": "item_seq"}} if hasattr(model, "prefill") else {})}}
+                     **({"prefill": {"model_file": "prefill.onnx", "input": "item_seq"}} if hasattr(model, "prefill") else {}),
+                     **({"chunk": chunk_manifest(model)} if hasattr(model, "chunk") else {})}}
            if state_spec is not None else {}),
         "training": {"data": args.data, "data_sha256": ds.sha256, "script": "training/train.py", "args": vars(args),
                      "environment": trained_with},

@@ -10,7 +10,7 @@ import torch
 from onnx.external_data_helper import set_external_data
 
 from .data import left_pad
-from .models import FullGraph, PrefillGraph, SASRec, StepGraph
+from .models import ChunkGraph, FullGraph, PrefillGraph, SASRec, StepGraph
 
 
 RANKING = ("top_items", "top_scores")
@@ -54,6 +54,9 @@ def export(model, out_dir, candidates, rank_in_graph=False):
     if hasattr(model, "prefill"):
         export_prefill(model, out_dir, names, batch_axis)
         graphs.append("prefill.onnx")
+    if hasattr(model, "chunk"):
+        export_chunk(model, out_dir, names, batch_axis, state)
+        graphs.append("chunk.onnx")
     share_weights(out_dir, graphs)
     appends = getattr(model, "append_axes", {})
     return [
@@ -128,6 +131,42 @@ def export_prefill(model, out_dir, names, batch_axis):
     example = torch.ones(2, model.window, dtype=torch.long)
     torch.onnx.export(PrefillGraph(model), (example,), f"{out_dir}/prefill.onnx", input_names=["item_seq"],
                       output_names=outputs, dynamic_axes=dyn, opset_version=17, dynamo=False,
+                      do_constant_folding=False)
+
+
+def chunk_positions(lengths, s1):
+    """The chunk graph's `keys` [R, S] and `tails` [B, S-1] for users with `lengths` new items each
+    (SASRec.chunk's pool: each user's S-1 cached slots, then all new items in order)."""
+    b, keys, tails, first = len(lengths), [], [], 0
+    for user, n in enumerate(lengths):
+        seq = list(range(user * s1, (user + 1) * s1)) + list(range(b * s1 + first, b * s1 + first + n))
+        keys.extend(seq[t:t + s1 + 1] for t in range(n))
+        tails.append(seq[n:n + s1])
+        first += n
+    return np.array(keys, dtype=np.int64).reshape(-1, s1 + 1), np.array(tails, dtype=np.int64)
+
+
+def chunk_manifest(model):
+    """The manifest's `step.chunk` entry for the graph export_chunk writes."""
+    return {"model_file": "chunk.onnx", "span": model.span, "items_input": "items", "keys_input": "keys",
+            "tails_input": "tails"}
+
+
+def export_chunk(model, out_dir, names, batch_axis, state):
+    """Writes chunk.onnx: several new items per user in one call (SASRec.chunk); the daemon uses it
+    for users with more than one event in a micro-batch."""
+    model.eval()
+    s1 = model.span - 1
+    b = state[0].shape[batch_axis[names[0]]]
+    lengths = [2, 0, 3][:b] + [1] * max(0, b - 3)
+    keys, tails = chunk_positions(lengths, s1)
+    items = torch.ones(sum(lengths), dtype=torch.long)
+    outputs = [n + "_out" for n in names]
+    dyn = {"items": {0: "rows"}, "keys": {0: "rows"}, "tails": {0: "batch"}, "scores": {0: "rows"},
+           **{n: {batch_axis[n]: "batch"} for n in names}, **{o: {batch_axis[n]: "batch"} for n, o in zip(names, outputs)}}
+    torch.onnx.export(ChunkGraph(model), (items, torch.from_numpy(keys), torch.from_numpy(tails), *state),
+                      f"{out_dir}/chunk.onnx", input_names=["items", "keys", "tails", *names],
+                      output_names=["scores", *outputs], dynamic_axes=dyn, opset_version=17, dynamo=False,
                       do_constant_folding=False)
 
 
@@ -254,6 +293,59 @@ def prefill_parity(out_dir, state_spec, cases, window, k=10, batch=256):
         b = step.run(["scores"], {"item": nxt, **built})[0][:, 1:]
         same += same_top_k(a, b, k)
     return {"users": len(users), "same_top10_share": same / len(users), "max_abs_state_diff": max_diff}
+
+
+def chunk_parity(out_dir, state_spec, cases, k=10, batch=64, longest=80, seed=0):
+    """chunk.onnx vs step.onnx over the same histories: each user's first `longest` items are fed in
+    bursts of random length (0 to 40, so users of one call have different lengths, some none) to the
+    chunk graph, and one by one to the step graph. Returns the share of items answered with the same
+    top-k, the largest score difference, and the largest state difference after the last burst."""
+    chunk = session(f"{out_dir}/chunk.onnx", 2)
+    step = session(f"{out_dir}/step.onnx", 2)
+    s1 = next(s["shape"][s["append_axis"]] for s in state_spec if s["name"] == "cache_mask")
+    rng = np.random.default_rng(seed)
+    users = sorted(cases)
+    same = rows = 0
+    max_diff = max_state_diff = 0.0
+    for start in range(0, len(users), batch):
+        histories = [cases[u][0][:longest] for u in users[start:start + batch]]
+        state = {s["name"]: np.zeros([len(histories) if d == "batch" else d for d in s["shape"]], np.float32)
+                 for s in state_spec}
+        fed = [0] * len(histories)
+        chunk_scores = [[] for _ in histories]
+        while any(f < len(h) for f, h in zip(fed, histories)):
+            lengths = [min(int(rng.integers(0, 41)), len(h) - f) for f, h in zip(fed, histories)]
+            keys, tails = chunk_positions(lengths, s1)
+            if not keys.size:
+                continue
+            items = np.concatenate([h[f:f + n] for h, f, n in zip(histories, fed, lengths)]).astype(np.int64)
+            out = chunk.run(["scores", *[s["output"] for s in state_spec]],
+                            {"items": items, "keys": keys, "tails": tails, **state})
+            first = 0
+            for u, n in enumerate(lengths):
+                chunk_scores[u].extend(out[0][first:first + n])
+                first += n
+                fed[u] += n
+            state = {s["name"]: o for s, o in zip(state_spec, out[1:])}
+        stepped = {s["name"]: np.zeros([len(histories) if d == "batch" else d for d in s["shape"]], np.float32)
+                   for s in state_spec}
+        for t in range(max(len(h) for h in histories)):
+            active = np.array([t < len(h) for h in histories])
+            items = np.array([h[t] if t < len(h) else 1 for h in histories], dtype=np.int64)
+            out = step.run(["scores", *[s["output"] for s in state_spec]], {"item": items, **stepped})
+            for u in np.flatnonzero(active):
+                a, b = out[0][u:u + 1, 1:], chunk_scores[u][t][None, 1:]
+                max_diff = max(max_diff, float(np.abs(a - b).max()))
+                same += same_top_k(a, b, k)
+                rows += 1
+            for s, o in zip(state_spec, out[1:]):
+                new = next_state(s, stepped[s["name"]], o)
+                keep = active.reshape([-1 if i == s["batch_axis"] else 1 for i in range(new.ndim)])
+                stepped[s["name"]] = np.where(keep, new, stepped[s["name"]])
+        for s in state_spec:
+            max_state_diff = max(max_state_diff, float(np.abs(stepped[s["name"]] - state[s["name"]]).max()))
+    return {"items": rows, "same_top10_share": same / rows, "max_abs_score_diff": max_diff,
+            "max_abs_state_diff": max_state_diff}
 
 
 def parity(out_dir, state_spec, cases, window, step_history, k=10, batch=256):

@@ -247,6 +247,59 @@ class SASRec(nn.Module):
         return hidden, (self.id_digits(item).unsqueeze(1), *kv, filled)
 
 
+    def chunk(self, items, keys, tails, *state, table=None):
+        """Steps several items per user in one pass: a user's events that arrive in one micro-batch
+        (a burst) cost one graph call instead of one call each. items [R]: every new item, each
+        user's in order; state as in `step`, one row per user (B rows). The graph sees one pool of
+        positions: the cached ones (row b's slot j at b * (S-1) + j), then the new items (item r at
+        B * (S-1) + r). keys [R, S]: the positions item r attends to, oldest first, itself last (an
+        empty cache slot among them is masked, as in `step`); tails [B, S-1]: each user's last S-1
+        positions after its items, which become its state. Every layer takes all R items at once:
+        an item's keys at layer l are the outputs of layer l - 1, computed for every item before.
+        Returns the hidden state of every item [R, D] and the whole new state (a user without new
+        items keeps its own: tails point at its cache)."""
+        table = table or self.item_keys_values()
+        cache_items, cache_mask = state[0], state[-1]
+        k_cache, v_cache = state[1:-1] if len(state) == 4 else (None, None)
+        b, s1 = cache_mask.shape
+        cached_ids = (cache_items[..., 0] * self.ID_BASE + cache_items[..., 1]).long().reshape(b * s1)
+        pool_ids = torch.cat([cached_ids, items])
+        pool_mask = torch.cat([cache_mask.reshape(b * s1), torch.ones_like(items, dtype=cache_mask.dtype)])
+        dist = torch.arange(self.span - 1, -1, -1, device=items.device).float()     # oldest .. newest
+        mask = pool_mask[keys].unsqueeze(1).unsqueeze(1)                             # [R, 1, 1, S]
+        bias = torch.where(mask > 0, -self.slopes * dist.view(1, 1, 1, -1), torch.full_like(mask, float("-inf")))
+        x = self.embed(items).unsqueeze(1)                                           # [R, 1, D]
+        d, heads = self.dim, self.heads
+        new_k, new_v = [], []
+        for l, block in enumerate(self.blocks):
+            h = block.ln1(x)
+            if l == 0:
+                q = F.linear(h, block.qkv.weight[:d], block.qkv.bias[:d])
+                ids = pool_ids[keys]                                                 # [R, S]
+                k, v = (torch.stack([t[i][ids] for i in range(heads)], dim=1) for t in table)
+            else:
+                q, k_new, v_new = block.qkv(h).chunk(3, dim=-1)
+                k, kept_k = self.pooled(k_cache[l - 1], k_new, keys, tails)
+                v, kept_v = self.pooled(v_cache[l - 1], v_new, keys, tails)
+                new_k.append(kept_k)
+                new_v.append(kept_v)
+            x = x + block.attend(block.split(q), k, v, bias)
+            x = x + block.ff(block.ln2(x))
+        hidden = self.norm(x)[:, 0]
+        kv = (torch.stack(new_k), torch.stack(new_v)) if new_k else ()
+        return hidden, (self.id_digits(pool_ids[tails]), *kv, pool_mask[tails])
+
+    def pooled(self, cache, fresh, keys, tails):
+        """One layer's keys (or values) for `chunk`: the cached positions [B, H, S-1, dh] and the new
+        items' [R, 1, D] as one pool, gathered for each item's attention [R, H, S, dh] and for each
+        user's new state [B, H, S-1, dh]."""
+        b, heads, s1, dh = cache.shape
+        pool = torch.cat([cache.transpose(1, 2).reshape(b * s1, heads, dh), fresh[:, 0].unflatten(-1, (heads, dh))])
+        # head by head, as in first_layer_cache, so that the attention's MatMul keeps its fusion
+        attended = torch.stack([pool[:, i][keys] for i in range(heads)], dim=1)
+        return attended, pool[tails].transpose(1, 2)
+
+
 class GRU4Rec(nn.Module):
     kind = "gru4rec"
 
@@ -419,6 +472,22 @@ class PrefillGraph(nn.Module):
 
     def forward(self, item_seq):
         return self.model.prefill(item_seq, **self.table.kwargs())
+
+
+class ChunkGraph(nn.Module):
+    """(items [R], keys [R, S], tails [B, S-1], *state) -> (scores [R, n_items + 1], *new_state):
+    several items per user in one call (SASRec.chunk)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.table = ItemTable(model)
+
+    def forward(self, items, keys, tails, *state):
+        hidden, new_state = self.model.chunk(items, keys, tails, *state, **self.table.kwargs())
+        scores = self.model.scores(hidden)
+        scores = torch.cat([torch.full_like(scores[:, :1], -1e9), scores[:, 1:]], dim=1)
+        return (scores, *new_state)
 
 
 class StepGraph(nn.Module):

@@ -1,6 +1,7 @@
 """SASRec's prefill computes only what the step state needs (each layer's keys and values over its
 receptive field, outputs only where the next layer reads them); it must equal the keys and values of
-encoding the whole window. Needs the training environment (training/requirements.lock)."""
+encoding the whole window. Its chunk (several items per user in one pass) must equal stepping them
+one by one. Needs the training environment (training/requirements.lock)."""
 import os
 import sys
 import unittest
@@ -14,6 +15,7 @@ except ImportError:
     HAVE_TORCH = False
 
 if HAVE_TORCH:
+    from longmem_train.export import chunk_positions  # noqa: E402
     from longmem_train.models import SASRec  # noqa: E402
 
 
@@ -98,6 +100,55 @@ class Prefill(unittest.TestCase):
         model = SASRec(n_items=40, window=12, dim=16, layers=2, heads=2, span=5)
         seq = torch.randint(0, 41, (4, 12))
         self.assertTrue(torch.equal(model.attention_bias(seq, 4), model.attention_bias(seq)[:, :, -4:]))
+
+
+def step_one(model, state, item, active):
+    """One step of the users where `active`; the others keep their state (the daemon's sliding rule)."""
+    hidden, new = model.step(torch.where(active, item, 1), *state)
+    names = list(model.state_shapes(1))
+    moved = []
+    for name, old, entry in zip(names, state, new):
+        axis = model.append_axes[name]
+        slid = torch.cat([old.narrow(axis, 1, old.shape[axis] - 1), entry], dim=axis)
+        batch_axis = 1 if name in ("k_cache", "v_cache") else 0
+        keep = active.view([-1 if a == batch_axis else 1 for a in range(old.ndim)])
+        moved.append(torch.where(keep, slid, old))
+    return hidden, moved
+
+
+@unittest.skipUnless(HAVE_TORCH or os.environ.get("LONGMEM_REQUIRE_TORCH"), "the training environment is not installed")
+class Chunk(unittest.TestCase):
+    def test_bursts_equal_stepping_one_by_one(self):
+        """Users fed bursts of 0 to 2 * span + 3 items per call (past the cache, so a burst pushes
+        out cached positions and its own first items): every item's hidden state and each user's
+        state after the burst equal stepping the items one at a time."""
+        for layers, span in ((2, 5), (1, 6), (3, 4)):
+            torch.manual_seed(layers)
+            model = SASRec(n_items=5000, window=3 * span, dim=16, layers=layers, heads=2, span=span).eval()
+            users = 5
+            gen = torch.Generator().manual_seed(span)
+            chunked = [torch.zeros(s) for s in model.state_shapes(users).values()]
+            stepped = [torch.zeros(s) for s in model.state_shapes(users).values()]
+            with torch.no_grad():
+                for _ in range(6):
+                    lengths = torch.randint(0, 2 * span + 4, (users,), generator=gen).tolist()
+                    lengths[0] = 0                             # one user without events in the call
+                    keys, tails = chunk_positions(lengths, span - 1)
+                    if not keys.size:
+                        continue
+                    items = torch.randint(1, 5001, (sum(lengths),), generator=gen)
+                    hidden, chunked = model.chunk(items, torch.from_numpy(keys), torch.from_numpy(tails), *chunked)
+                    chunked = list(chunked)
+                    first = torch.tensor([0, *lengths]).cumsum(0)
+                    for t in range(max(lengths)):
+                        active = torch.tensor([t < n for n in lengths])
+                        rows = torch.tensor([int(first[u]) + t if t < n else 0 for u, n in enumerate(lengths)])
+                        want, stepped = step_one(model, stepped, items[rows], active)
+                        diff = (want - hidden[rows]).abs().max(dim=1).values[active]
+                        self.assertLess(float(diff.max()), 1e-4, f"layers={layers} item {t} of the burst")
+                    for n, (a, b) in enumerate(zip(chunked, stepped)):
+                        self.assertEqual(a.shape, b.shape)
+                        self.assertLess(float((a - b).abs().max()), 1e-4, f"layers={layers} state {n}")
 
 
 if __name__ == "__main__":
