@@ -333,11 +333,11 @@ def chunk_parity(out_dir, state_spec, cases, k=10, batch=64, longest=80, seed=0)
             active = np.array([t < len(h) for h in histories])
             items = np.array([h[t] if t < len(h) else 1 for h in histories], dtype=np.int64)
             out = step.run(["scores", *[s["output"] for s in state_spec]], {"item": items, **stepped})
-            for u in np.flatnonzero(active):
-                a, b = out[0][u:u + 1, 1:], chunk_scores[u][t][None, 1:]
-                max_diff = max(max_diff, float(np.abs(a - b).max()))
-                same += same_top_k(a, b, k)
-                rows += 1
+            users = np.flatnonzero(active)
+            a, b = out[0][users, 1:], np.stack([chunk_scores[u][t][1:] for u in users])
+            max_diff = max(max_diff, float(np.abs(a - b).max()))
+            same += same_top_k(a, b, k)
+            rows += len(users)
             for s, o in zip(state_spec, out[1:]):
                 new = next_state(s, stepped[s["name"]], o)
                 keep = active.reshape([-1 if i == s["batch_axis"] else 1 for i in range(new.ndim)])
