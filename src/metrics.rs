@@ -45,6 +45,7 @@ pub const DEMAND_FORWARDED: &str = "longmem_demand_records_forwarded_total";
 pub const DEMAND_DUPLICATES: &str = "longmem_demand_records_duplicate_total";
 pub const STALLS: &str = "longmem_pipeline_stalls_total";
 pub const STATE_REBUILDS: &str = "longmem_state_rebuilds_total";
+pub const BURST_EVENTS: &str = "longmem_burst_events_total";
 pub const STATE_CACHE_BYTES: &str = "longmem_state_cache_bytes";
 pub const STATE_CACHE_USERS: &str = "longmem_state_cache_users";
 pub const MODEL_INFO: &str = "longmem_model_info";
@@ -108,6 +109,7 @@ pub fn install() -> PrometheusHandle {
                 DEMAND_DUPLICATES,
                 STALLS,
                 CHANGELOG_RECORDS,
+                BURST_EVENTS,
                 RESTORED_RECORDS,
             ] {
                 counter!(c).absolute(0);
@@ -167,6 +169,11 @@ fn describe() {
         STATE_REBUILDS,
         Unit::Count,
         "Users whose step state was rebuilt from their window (not in the state cache: evicted, a restart, a moved partition, another model), by how: one prefill call per batch, or replaying their items."
+    );
+    describe_counter!(
+        BURST_EVENTS,
+        Unit::Count,
+        "User events stepped by the chunk graph: bursts of a user's events in one micro-batch, several per user in one call instead of one step round each."
     );
     describe_histogram!(BATCH_SIZE, Unit::Count, "Messages per micro-batch.");
     describe_histogram!(
@@ -263,6 +270,10 @@ pub fn record_state_cache(rebuilt: crate::recommend::Rebuilt, cache: &crate::mem
     counter!(STATE_REBUILDS, "how" => "replay").increment(rebuilt.replayed);
     gauge!(STATE_CACHE_BYTES).set(cache.bytes() as f64);
     gauge!(STATE_CACHE_USERS).set(cache.len() as f64);
+}
+
+pub fn record_burst_events(n: u64) {
+    counter!(BURST_EVENTS).increment(n);
 }
 
 pub fn record_consumed(t: EventType) {

@@ -100,7 +100,7 @@ def recommender_card(m, r):
         graphs = (f"`model.onnx` (full: `item_seq` [batch, {m['window']}] → {answer}), "
                   f"`step.onnx` (`item` [batch] + state → {step_answer})"
                   f"{'' if 'prefill' not in step else ', `prefill.onnx` (`item_seq` → the state after the window)'}"
-                  f"{'' if 'chunk' not in step else ', `chunk.onnx` (several items per user + state → every item’s scores and the new state)'}"
+                  f"{'' if 'chunk' not in step else ', `chunk.onnx` (several items per user + state → scores for each item and the new state)'}"
                   f"; all read `weights.bin`")
     else:
         graphs = (f"`model.onnx` only (full: `item_seq` [batch, {m['window']}] → {answer}); the daemon runs it with "

@@ -56,6 +56,10 @@ pub struct StepManifest {
     /// store, and rebuilds a missing one with this graph.
     #[serde(default)]
     pub prefill: Option<PrefillManifest>,
+    /// A graph that steps several items per user in one call, for users with a burst of events in
+    /// one micro-batch. Only for `history = "all"` with sliding state (`append_axis`).
+    #[serde(default)]
+    pub chunk: Option<ChunkManifest>,
 }
 
 impl StepManifest {
@@ -77,6 +81,36 @@ pub struct PrefillManifest {
 
 fn default_prefill_input() -> String {
     "item_seq".into()
+}
+
+/// `step.chunk`: every new item of the batch's bursting users (`items`, int64 [rows], each user's in
+/// order), the positions each one attends to (`keys`, int64 [rows, span]) and each user's positions
+/// after its items (`tails`, int64 [batch, span - 1]), with the step state (one row per user) → every
+/// item's `scores` and the whole new state. Positions index one pool: the users' cached slots
+/// (user b's slot j at b × (span - 1) + j, oldest first), then the new items.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChunkManifest {
+    pub model_file: String,
+    /// Positions one item attends to, itself included; the cache holds `span - 1` per user.
+    pub span: usize,
+    #[serde(default = "default_chunk_items")]
+    pub items_input: String,
+    #[serde(default = "default_chunk_keys")]
+    pub keys_input: String,
+    #[serde(default = "default_chunk_tails")]
+    pub tails_input: String,
+}
+
+fn default_chunk_items() -> String {
+    "items".into()
+}
+
+fn default_chunk_keys() -> String {
+    "keys".into()
+}
+
+fn default_chunk_tails() -> String {
+    "tails".into()
 }
 
 /// One state tensor of the step graph: read from `input`, its successor written to `output`.
@@ -236,6 +270,20 @@ impl Manifest {
                             s.shape.len()
                         )));
                     }
+                }
+            }
+            if let Some(chunk) = &step.chunk {
+                // Each user's cache slots are the pool positions the chunk graph's keys name.
+                let cached = chunk.span.saturating_sub(1) as u64;
+                let sliding = step.state.iter().all(|s| {
+                    s.append_axis
+                        .is_some_and(|a| s.shape.get(a).and_then(|d| d.as_u64()) == Some(cached))
+                });
+                if !step.state_from_window() || chunk.span < 2 || !sliding {
+                    return Err(err(format!(
+                        "step.chunk (span {}) needs step.history = \"all\" and every state tensor sliding (`append_axis`) over span - 1 = {cached} entries; re-export the model (training/reexport.py), or remove step.chunk to step one event per call",
+                        chunk.span
+                    )));
                 }
             }
         }

@@ -18,7 +18,7 @@ mod state;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use manifest::{Manifest, StateSpec, StepManifest, TensorSpec, Vocabulary};
+pub use manifest::{ChunkManifest, Manifest, StateSpec, StepManifest, TensorSpec, Vocabulary};
 use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{Tensor, TensorRef};
 
@@ -123,6 +123,8 @@ pub struct Model {
     step: Option<Graph>,
     /// Builds a step state from a window in one call (`step.prefill`), when the step graph runs.
     prefill: Option<Graph>,
+    /// Steps a burst of items per user in one call (`step.chunk`), when the step graph runs.
+    chunk: Option<Graph>,
     provider: ExecutionProvider,
     /// Score buffers that ranked rows gave back, for the next batch's scores.
     spare_scores: SpareScores,
@@ -290,12 +292,24 @@ impl Model {
             },
             _ => None,
         };
+        let chunk = match (&manifest.step, &step) {
+            (Some(spec), Some(_)) => match &spec.chunk {
+                Some(chunk) => {
+                    let outputs: Vec<&str> = spec.state.iter().map(|s| s.output.as_str()).collect();
+                    let path = config.path.join(&chunk.model_file);
+                    Some(open_graph(&env, config, &path, true, &outputs)?.0)
+                }
+                None => None,
+            },
+            _ => None,
+        };
         Ok(Model {
             manifest,
             vocabulary,
             full,
             step,
             prefill,
+            chunk,
             provider,
             spare_scores: SpareScores::default(),
         })
@@ -333,6 +347,19 @@ impl Model {
     #[cfg(test)]
     pub(crate) fn forget_prefill(&mut self) {
         self.prefill = None;
+    }
+
+    /// The positions one item attends to in [`Model::chunk_scored`] (itself included), when the
+    /// chunk graph is loaded.
+    pub fn chunk_span(&self) -> Option<usize> {
+        self.chunk.as_ref()?;
+        Some(self.manifest.step.as_ref()?.chunk.as_ref()?.span)
+    }
+
+    /// As if the model directory had no chunk graph (tests compare it with stepping one by one).
+    #[cfg(test)]
+    pub(crate) fn forget_chunk(&mut self) {
+        self.chunk = None;
     }
 
     /// Identifies the graph that wrote a stored state: state of another model or version is rebuilt.
@@ -440,7 +467,7 @@ impl Model {
             .map_err(run_err)?;
         let mut states = vec![StateTensors::zeros(state::lengths(&spec.state), precision); rows];
         let mut rows: Vec<&mut StateTensors> = states.iter_mut().collect();
-        write_state_outputs(&spec.state, &outputs, &mut rows, StateOutputs::Prefill)?;
+        write_state_outputs(&spec.state, &outputs, &mut rows, StateOutputs::Whole)?;
         Ok(states)
     }
 
@@ -504,6 +531,94 @@ impl Model {
     }
 }
 
+/// The `chunk` graph: several items per user in one call. `items` holds every user's new items,
+/// each user's in order; `keys` and `tails` the pool positions ([`ChunkManifest`]) each item attends
+/// to and each user keeps; `states[b]`, user b's state, is replaced in place by the state after its
+/// items; `seen[r]` the items row r leaves out. Returns one row per item.
+pub struct Chunk<'a, 'b> {
+    pub items: Vec<i64>,
+    pub keys: Vec<i64>,
+    pub tails: Vec<i64>,
+    pub states: &'a mut [&'b mut StateTensors],
+    pub seen: &'a [&'a [i64]],
+}
+
+impl Model {
+    pub fn chunk_scored(
+        &mut self,
+        chunk: Chunk<'_, '_>,
+        exclude_seen: bool,
+    ) -> Result<ScoredRows, ModelError> {
+        let Chunk {
+            items,
+            keys,
+            tails,
+            states,
+            seen,
+        } = chunk;
+        let (Some(graph), Some(spec)) = (self.chunk.as_mut(), self.manifest.step.as_ref()) else {
+            return Err(ModelError::Run("the chunk graph is not loaded".into()));
+        };
+        let Some(chunk) = spec.chunk.as_ref() else {
+            return Err(ModelError::Run("the manifest has no step.chunk".into()));
+        };
+        let (rows, users) = (items.len(), states.len());
+        if keys.len() != rows * chunk.span || tails.len() != users * (chunk.span - 1) {
+            return Err(run_err(format!(
+                "a chunk of {rows} items for {users} users needs {rows} × {} keys and {users} × {} tails, got {} and {}",
+                chunk.span,
+                chunk.span - 1,
+                keys.len(),
+                tails.len()
+            )));
+        }
+        if rows == 0 {
+            return Ok(ScoredRows {
+                rows: Rows::Ranked(Vec::new()),
+            });
+        }
+        let Graph {
+            session,
+            run_options,
+            ranking,
+            state_batches,
+        } = graph;
+        let mut inputs: Vec<(String, SessionInputValue<'_>)> =
+            Vec::with_capacity(3 + spec.state.len());
+        inputs.push((
+            chunk.items_input.clone(),
+            Tensor::from_array(([rows], items)).map_err(run_err)?.into(),
+        ));
+        inputs.push((
+            chunk.keys_input.clone(),
+            Tensor::from_array(([rows, chunk.span], keys))
+                .map_err(run_err)?
+                .into(),
+        ));
+        inputs.push((
+            chunk.tails_input.clone(),
+            Tensor::from_array(([users, chunk.span - 1], tails))
+                .map_err(run_err)?
+                .into(),
+        ));
+        push_state_inputs(&spec.state, states, state_batches, &mut inputs)?;
+        let outputs = session
+            .run_with_options(inputs, run_options)
+            .map_err(run_err)?;
+        let top = top_k(
+            &self.manifest,
+            &self.vocabulary,
+            &self.spare_scores,
+            &outputs,
+            *ranking,
+            rows,
+            exclude_seen.then_some(seen),
+        )?;
+        write_state_outputs(&spec.state, &outputs, states, StateOutputs::Whole)?;
+        Ok(top)
+    }
+}
+
 /// Adds each state tensor of a batch to a step graph's inputs: the rows' states stacked along the
 /// spec's batch axis in `buffers` (one per state input, kept between calls), which the inputs
 /// borrow.
@@ -533,11 +648,11 @@ fn push_state_inputs<'b>(
 }
 
 /// Which graph a state output came from: the step graph's may hold only the newest entry of a
-/// state with `append_axis`; the prefill graph's is always the whole state.
+/// state with `append_axis`; the prefill and chunk graphs' are always the whole state.
 #[derive(Clone, Copy, PartialEq)]
 enum StateOutputs {
     Step,
-    Prefill,
+    Whole,
 }
 
 /// Writes a graph's state outputs back into the rows' states, in place.
@@ -769,6 +884,9 @@ pub fn check_installed(config: &crate::config::Config) -> Result<String, ModelEr
         if let Some(prefill) = &step.prefill {
             files.push(dir.join(&prefill.model_file));
         }
+        if let Some(chunk) = &step.chunk {
+            files.push(dir.join(&chunk.model_file));
+        }
     }
     if config.supply.enabled {
         let forecaster = forecaster::ForecasterManifest::load(&config.supply.forecaster)?;
@@ -986,6 +1104,35 @@ mod tests {
                 err.contains("k_cache") && err.contains("append_axis"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn chunk_that_does_not_fit_the_cache_is_refused() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sasrec-ml100k");
+        let text = std::fs::read_to_string(shipped.join("model.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json["step"]["chunk"]["span"], 25,
+            "the shipped model has a chunk graph"
+        );
+        for (field, bad) in [
+            (("chunk", "span"), serde_json::json!(24)),
+            (("chunk", "span"), serde_json::json!(0)),
+            (("history", ""), serde_json::json!("window")),
+        ] {
+            let mut json = json.clone();
+            match field {
+                (f, "") => json["step"][f] = bad.clone(),
+                (f, g) => json["step"][f][g] = bad.clone(),
+            }
+            if field.0 == "history" {
+                json["step"].as_object_mut().unwrap().remove("prefill");
+            }
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("model.json"), json.to_string()).unwrap();
+            let err = Manifest::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("step.chunk"), "{field:?} = {bad}: {err}");
         }
     }
 

@@ -92,6 +92,8 @@ pub struct RunStats {
     /// Users whose step state was not in the state cache and was rebuilt from their window (by the
     /// prefill graph or by replaying it): each costs about a window's worth of model work.
     pub state_rebuilds: AtomicU64,
+    /// User events stepped in bursts by the chunk graph (several of one user's in one call).
+    pub burst_items: AtomicU64,
     /// Nanoseconds during which a batch was being processed by either thread (not waiting for input).
     pub busy_nanos: AtomicU64,
     /// Threads at work now, and since when at least one has been.

@@ -67,6 +67,10 @@ impl Worker<'_> {
             self.config.model.exclude_seen,
         )?;
         metrics::record_state_cache(outcome.rebuilt, &self.state_cache);
+        metrics::record_burst_events(outcome.burst_items);
+        self.stats
+            .burst_items
+            .fetch_add(outcome.burst_items, Ordering::Relaxed);
         self.stats.state_rebuilds.fetch_add(
             outcome.rebuilt.prefilled + outcome.rebuilt.replayed,
             Ordering::Relaxed,

@@ -108,6 +108,8 @@ pub struct ModelRun {
     pub mean_batch: f64,
     /// Step states rebuilt from the window (state-cache misses) per event of the drain.
     pub rebuilt_per_event: f64,
+    /// Events of the drain stepped in bursts (several of a user's in one chunk-graph call).
+    pub burst_per_event: f64,
     pub busy_seconds_by_stage: Vec<(String, f64)>,
     pub latency: Vec<LatencyPhase>,
     /// The daemon's peak resident memory: the process's peak less the benchmark's own share.
@@ -571,6 +573,7 @@ fn measure(
     let before_daemon = current_rss();
     let daemon = InProcessDaemon::start(&config)?;
     let mut drain_rebuilt = 0.0;
+    let mut drain_bursts = 0.0;
     let result = (|| -> anyhow::Result<(f64, f64, f64, Vec<LatencyPhase>)> {
         daemon.wait_ready()?;
         let cpu0 = cpu_seconds();
@@ -584,6 +587,7 @@ fn measure(
         let batches = daemon.stats.batches.load(Ordering::Relaxed).max(1);
         let mean_batch = daemon.stats.messages.load(Ordering::Relaxed) as f64 / batches as f64;
         drain_rebuilt = daemon.stats.state_rebuilds.load(Ordering::Relaxed) as f64 / n as f64;
+        drain_bursts = daemon.stats.burst_items.load(Ordering::Relaxed) as f64 / n as f64;
 
         let mut phases = Vec::new();
         let mut cursor = 0usize;
@@ -660,6 +664,7 @@ fn measure(
         cpu_seconds_per_million: cpu_per_million,
         mean_batch,
         rebuilt_per_event: drain_rebuilt,
+        burst_per_event: drain_bursts,
         busy_seconds_by_stage: stages,
         latency,
         peak_rss_bytes,
@@ -693,11 +698,11 @@ fn markdown(r: &Report) -> String {
         "Passthrough ceiling (the daemon's consumer and producer, no state or model): {:.0} events/s\n\n",
         r.passthrough_per_s
     ));
-    s.push_str("| model | mode | events/s | of passthrough | of model alone (mean batch) | of store alone | mean batch | states rebuilt | CPU s / M events | daemon peak RSS | store B/user | stored state B/user |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| model | mode | events/s | of passthrough | of model alone (mean batch) | of store alone | mean batch | states rebuilt | in bursts | CPU s / M events | daemon peak RSS | store B/user | stored state B/user |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for run in &r.runs {
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0}% | {:.0}% ({:.0}/s) | {:.0}% ({:.0}/s) | {:.0} | {:.0}% | {:.0} | {:.0} MiB | {:.0} | {} |\n",
+            "| {} | {} | {:.0} | {:.0}% | {:.0}% ({:.0}/s) | {:.0}% ({:.0}/s) | {:.0} | {:.0}% | {:.0}% | {:.0} | {:.0} MiB | {:.0} | {} |\n",
             run.model.rsplit('/').next().unwrap_or(&run.model),
             run.mode,
             run.events_per_s,
@@ -708,6 +713,7 @@ fn markdown(r: &Report) -> String {
             run.store_events_per_s,
             run.mean_batch,
             100.0 * run.rebuilt_per_event,
+            100.0 * run.burst_per_event,
             run.cpu_seconds_per_million,
             run.peak_rss_bytes as f64 / (1 << 20) as f64,
             run.store_bytes_per_user,

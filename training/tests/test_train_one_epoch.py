@@ -70,6 +70,12 @@ class OneEpoch(unittest.TestCase):
             if "prefill" in manifest["step"]:
                 self.assertTrue(os.path.isfile(os.path.join(out, manifest["step"]["prefill"]["model_file"])))
                 self.assertEqual(metrics["prefill_parity"]["same_top10_share"], 1.0, metrics["prefill_parity"])
+            if "chunk" in manifest["step"]:
+                self.assertTrue(os.path.isfile(os.path.join(out, manifest["step"]["chunk"]["model_file"])))
+                chunk = metrics["chunk_parity"]
+                self.assertGreater(chunk["items"], 0)
+                self.assertLess(chunk["max_abs_score_diff"], 1e-3, chunk)
+                self.assertLess(chunk["max_abs_state_diff"], 1e-3, chunk)
             full = metrics["full"]
             self.assertTrue(0.0 <= full["ndcg@10"] <= full["hr@10"] <= 1.0, full)
             # What trained it is recorded with it.
@@ -85,6 +91,9 @@ class OneEpoch(unittest.TestCase):
         manifest = self.check("sasrec")
         self.assertEqual(manifest["step"]["history"], "all")
         self.assertIn("prefill", manifest["step"])
+        # The chunk graph's items attend to the positions the step's cache holds, and themselves.
+        mask = next(s for s in manifest["step"]["state"] if s["name"] == "cache_mask")
+        self.assertEqual(manifest["step"]["chunk"]["span"], mask["shape"][1] + 1)
 
     def test_sasrec_gbce_with_its_own_output_embeddings(self):
         manifest = self.check("sasrec", ["--loss", "gbce", "--gbce-t", "0.75", "--separate-output"])
