@@ -469,6 +469,23 @@ mod tests {
         Model::load(&model_config()).unwrap()
     }
 
+    /// Amazon Games users' items in order, from the data set's first `lines` lines.
+    fn games_histories(lines: usize) -> HashMap<String, Vec<String>> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text =
+            std::fs::read_to_string(root.join("../shared/data/seqrec/sasrec_games/Video.txt"))
+                .unwrap();
+        let mut histories: HashMap<String, Vec<String>> = HashMap::new();
+        for line in text.lines().take(lines) {
+            let (user, item) = line.split_once(' ').unwrap();
+            histories
+                .entry(user.to_string())
+                .or_default()
+                .push(item.to_string());
+        }
+        histories
+    }
+
     fn click(user: &str, item: &str, ts: i64) -> Option<Event> {
         Some(Event::User(UserEvent::new(
             EventType::Click,
@@ -549,17 +566,7 @@ mod tests {
     #[test]
     fn bursts_in_one_chunk_answer_like_one_round_per_event() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let text =
-            std::fs::read_to_string(root.join("../shared/data/seqrec/sasrec_games/Video.txt"))
-                .unwrap();
-        let mut histories: HashMap<String, Vec<String>> = HashMap::new();
-        for line in text.lines().take(40_000) {
-            let (user, item) = line.split_once(' ').unwrap();
-            histories
-                .entry(user.to_string())
-                .or_default()
-                .push(item.to_string());
-        }
+        let histories = games_histories(40_000);
         let mut users: Vec<&String> = histories
             .keys()
             .filter(|u| histories[*u].len() >= 30)
@@ -672,17 +679,7 @@ mod tests {
         })
         .unwrap();
         assert!(model.state_from_window() && model.has_prefill());
-        let text =
-            std::fs::read_to_string(root.join("../shared/data/seqrec/sasrec_games/Video.txt"))
-                .unwrap();
-        let mut histories: HashMap<String, Vec<String>> = HashMap::new();
-        for line in text.lines().take(20_000) {
-            let (user, item) = line.split_once(' ').unwrap();
-            histories
-                .entry(user.to_string())
-                .or_default()
-                .push(item.to_string());
-        }
+        let histories = games_histories(20_000);
         let mut users: Vec<&String> = histories
             .keys()
             .filter(|u| histories[*u].len() >= 8)

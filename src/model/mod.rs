@@ -501,34 +501,79 @@ impl Model {
                 rows: Rows::Ranked(Vec::new()),
             });
         }
-        let Graph {
-            session,
-            run_options,
-            ranking,
-            state_batches,
-        } = graph;
-        let mut inputs: Vec<(String, SessionInputValue<'_>)> =
-            Vec::with_capacity(1 + spec.state.len());
-        inputs.push((
-            spec.item_input.clone(),
-            Tensor::from_array(([rows], items)).map_err(run_err)?.into(),
-        ));
-        push_state_inputs(&spec.state, states, state_batches, &mut inputs)?;
-        let outputs = session
-            .run_with_options(inputs, run_options)
-            .map_err(run_err)?;
-        let top = top_k(
-            &self.manifest,
-            &self.vocabulary,
-            &self.spare_scores,
-            &outputs,
-            *ranking,
+        let item = Tensor::from_array(([rows], items)).map_err(run_err)?;
+        let rows = StatefulRows {
+            inputs: vec![(spec.item_input.clone(), item.into())],
             rows,
-            exclude_seen.then_some(seen),
-        )?;
-        write_state_outputs(&spec.state, &outputs, states, StateOutputs::Step)?;
-        Ok(top)
+            states,
+            seen: exclude_seen.then_some(seen),
+            outputs: StateOutputs::Step,
+        };
+        let ranking = RankingContext {
+            manifest: &self.manifest,
+            vocabulary: &self.vocabulary,
+            spare: &self.spare_scores,
+        };
+        run_stateful(graph, &spec.state, rows, ranking)
     }
+}
+
+/// A stateful recommender graph's call: its other inputs, the rows it answers, the states it
+/// replaces in place, and the items each row leaves out (`None`: nothing).
+struct StatefulRows<'a, 'b> {
+    inputs: Vec<(String, SessionInputValue<'static>)>,
+    rows: usize,
+    states: &'a mut [&'b mut StateTensors],
+    seen: Option<&'a [&'a [i64]]>,
+    outputs: StateOutputs,
+}
+
+/// What ranking a graph's rows needs from the model.
+struct RankingContext<'a> {
+    manifest: &'a Manifest,
+    vocabulary: &'a Arc<Vocabulary>,
+    spare: &'a SpareScores,
+}
+
+/// Runs a graph that takes and returns step state (`step`, `chunk`): the rows' states are stacked
+/// into the graph's inputs and replaced by its outputs; returns the rows' scores for ranking.
+fn run_stateful(
+    graph: &mut Graph,
+    specs: &[StateSpec],
+    call: StatefulRows<'_, '_>,
+    context: RankingContext<'_>,
+) -> Result<ScoredRows, ModelError> {
+    let Graph {
+        session,
+        run_options,
+        ranking,
+        state_batches,
+    } = graph;
+    let StatefulRows {
+        inputs: given,
+        rows,
+        states,
+        seen,
+        outputs: from,
+    } = call;
+    let mut inputs: Vec<(String, SessionInputValue<'_>)> =
+        Vec::with_capacity(given.len() + specs.len());
+    inputs.extend(given);
+    push_state_inputs(specs, states, state_batches, &mut inputs)?;
+    let outputs = session
+        .run_with_options(inputs, run_options)
+        .map_err(run_err)?;
+    let top = top_k(
+        context.manifest,
+        context.vocabulary,
+        context.spare,
+        &outputs,
+        *ranking,
+        rows,
+        seen,
+    )?;
+    write_state_outputs(specs, &outputs, states, from)?;
+    Ok(top)
 }
 
 /// The `chunk` graph: several items per user in one call. `items` holds every user's new items,
@@ -577,45 +622,37 @@ impl Model {
                 rows: Rows::Ranked(Vec::new()),
             });
         }
-        let Graph {
-            session,
-            run_options,
-            ranking,
-            state_batches,
-        } = graph;
-        let mut inputs: Vec<(String, SessionInputValue<'_>)> =
-            Vec::with_capacity(3 + spec.state.len());
-        inputs.push((
-            chunk.items_input.clone(),
-            Tensor::from_array(([rows], items)).map_err(run_err)?.into(),
-        ));
-        inputs.push((
-            chunk.keys_input.clone(),
-            Tensor::from_array(([rows, chunk.span], keys))
-                .map_err(run_err)?
-                .into(),
-        ));
-        inputs.push((
-            chunk.tails_input.clone(),
-            Tensor::from_array(([users, chunk.span - 1], tails))
-                .map_err(run_err)?
-                .into(),
-        ));
-        push_state_inputs(&spec.state, states, state_batches, &mut inputs)?;
-        let outputs = session
-            .run_with_options(inputs, run_options)
-            .map_err(run_err)?;
-        let top = top_k(
-            &self.manifest,
-            &self.vocabulary,
-            &self.spare_scores,
-            &outputs,
-            *ranking,
+        let inputs = vec![
+            (
+                chunk.items_input.clone(),
+                Tensor::from_array(([rows], items)).map_err(run_err)?.into(),
+            ),
+            (
+                chunk.keys_input.clone(),
+                Tensor::from_array(([rows, chunk.span], keys))
+                    .map_err(run_err)?
+                    .into(),
+            ),
+            (
+                chunk.tails_input.clone(),
+                Tensor::from_array(([users, chunk.span - 1], tails))
+                    .map_err(run_err)?
+                    .into(),
+            ),
+        ];
+        let rows = StatefulRows {
+            inputs,
             rows,
-            exclude_seen.then_some(seen),
-        )?;
-        write_state_outputs(&spec.state, &outputs, states, StateOutputs::Whole)?;
-        Ok(top)
+            states,
+            seen: exclude_seen.then_some(seen),
+            outputs: StateOutputs::Whole,
+        };
+        let ranking = RankingContext {
+            manifest: &self.manifest,
+            vocabulary: &self.vocabulary,
+            spare: &self.spare_scores,
+        };
+        run_stateful(graph, &spec.state, rows, ranking)
     }
 }
 
