@@ -4,9 +4,10 @@
 //!
 //! Step mode keeps the model's state (recurrent state, key/value cache) in each user's memory, so an
 //! event costs one incremental step. A user's events within one batch must be stepped in order, so
-//! the batch runs in rounds: round r steps the r-th pending item of every user at once (usually one
-//! round, since one user rarely has two events in a batch). An item the model does not know leaves
-//! the state as it is and is answered by the `full` graph.
+//! the batch runs in rounds: round r steps the r-th pending item of every user at once. Where users
+//! have bursts of events in the batch (a stream in time order) and the rounds would be short, the
+//! model's `chunk` graph steps every burst in one call instead. An item the model does not know
+//! leaves the state as it is and is answered by the `full` graph.
 //!
 //! Where the state lives depends on the model. A recurrent state (or memory slots) summarises more
 //! than the window, so it is stored with the user's record. A sliding-window Transformer's
@@ -331,9 +332,10 @@ impl Lane {
     }
 }
 
-/// A burst goes to the chunk graph unless the step rounds it would take average at least this many
-/// rows each: a step call costs about as much as a row of a chunk call's pooled state, so short
-/// rounds waste it. sasrec-ml100k, one thread, µs per event through ONNX Runtime:
+/// Bursts go to the chunk graph unless the step rounds they would take average at least this many
+/// rows each. A chunk call takes and returns each user's whole cache, where a step round moves only
+/// the newest entry; what it saves is the fixed cost of each step call. So full rounds are cheaper
+/// and short ones are not. sasrec-ml100k, one thread, µs per event through ONNX Runtime:
 /// 128 users × 2 events 10.1 in rounds vs 12.6 in one chunk call; 64 × 4 10.4 vs 11.6; 32 × 8 10.9
 /// vs 10.4; 7 × 37 18.2 vs 10.5; 7 users with 2 to 130 events (MovieLens in time order) 49 vs 9.6.
 const MIN_ROWS_PER_ROUND: usize = 64;
