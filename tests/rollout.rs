@@ -57,10 +57,11 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let mut text = std::fs::read_to_string(&config).unwrap();
-    // SASRec's step costs about twice GRU4Rec's per batch: allow it (the limit's refusal is the
-    // next test's).
+    // The two models' time per batch differs by about 3x either way (SASRec steps MovieLens's bursts
+    // of one user's events in one chunk call, GRU4Rec in rounds): allow it (a refusal by a limit is
+    // the next test's).
     text.push_str(&format!(
-        "[admin]\nlisten = \"{admin_addr}\"\ntoken_file = \"{}\"\n[rollout]\nmax_p99_ratio = 6.0\n",
+        "[admin]\nlisten = \"{admin_addr}\"\ntoken_file = \"{}\"\n[rollout]\nmax_p99_ratio = 12.0\n",
         token_file.display()
     ));
     std::fs::write(&config, &text).unwrap();
@@ -278,9 +279,11 @@ fn a_candidate_that_fails_its_shadow_is_refused_and_the_live_model_keeps_answeri
     let (config, metrics_addr) = write_config(dir.path(), &broker, &topics, "shadowfail", 64);
     let admin_addr = format!("127.0.0.1:{}", free_port());
     let mut text = std::fs::read_to_string(&config).unwrap();
-    // Two different models agree on far less than 99% of their top 10.
+    // Two different models agree on far less than 99% of their top 10. The p99 check is set out of
+    // the way: on MovieLens in time order the live model steps bursts in one chunk call, which
+    // gru4rec (no chunk graph) does not, so its time per batch may well be over twice the live one's.
     text.push_str(&format!(
-        "[admin]\nlisten = \"{admin_addr}\"\n[rollout]\nshadow_events = 300\nmin_top10_overlap = 0.99\n"
+        "[admin]\nlisten = \"{admin_addr}\"\n[rollout]\nshadow_events = 300\nmin_top10_overlap = 0.99\nmax_p99_ratio = 1000.0\n"
     ));
     std::fs::write(&config, &text).unwrap();
     let daemon = Daemon::start(&config);
