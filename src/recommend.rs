@@ -320,6 +320,14 @@ fn open_lane(model: &Model, memory: &mut UserMemory, opening: Opening<'_>, user:
 }
 
 impl Lane {
+    /// Adds a stepped item to the items the lane's later answers leave out (the last `window`).
+    fn see(&mut self, item: i64, window: usize) {
+        self.seen.push_back(item);
+        if self.seen.len() > window {
+            self.seen.pop_front();
+        }
+    }
+
     /// Queues the user's remembered items to be stepped again ahead of this batch's events.
     fn replay(&mut self, model: &Model, memory: &UserMemory, precision: StatePrecision) {
         self.state = model.empty_state(precision);
@@ -373,15 +381,12 @@ fn step_bursts(
         let b = states.len();
         positions.clear();
         positions.extend((b * cached..(b + 1) * cached).map(|p| p as i64));
-        for (item, slot) in lane.pending.drain(..) {
+        for (item, slot) in std::mem::take(&mut lane.pending) {
             positions.push((users * cached + items.len()) as i64);
             keys.extend_from_slice(&positions[positions.len() - span..]);
             items.push(item);
             slots.push(slot);
-            lane.seen.push_back(item);
-            if lane.seen.len() > window {
-                lane.seen.pop_front();
-            }
+            lane.see(item, window);
             let (front, back) = lane.seen.as_slices();
             seen_items.extend_from_slice(front);
             seen_items.extend_from_slice(back);
@@ -430,10 +435,7 @@ fn step_rounds(
             let Some((item, slot)) = lane.pending.pop_front() else {
                 continue;
             };
-            lane.seen.push_back(item);
-            if lane.seen.len() > window {
-                lane.seen.pop_front();
-            }
+            lane.see(item, window);
             items.push(item);
             slots.push(slot);
             seen.push(lane.seen.make_contiguous());

@@ -281,28 +281,29 @@ impl Model {
             }
             _ => None,
         };
-        let prefill = match (&manifest.step, &step) {
-            (Some(spec), Some(_)) => match &spec.prefill {
-                Some(prefill) => {
-                    let outputs: Vec<&str> = spec.state.iter().map(|s| s.output.as_str()).collect();
-                    let path = config.path.join(&prefill.model_file);
-                    Some(open_graph(&env, config, &path, false, &outputs)?.0)
-                }
-                None => None,
-            },
-            _ => None,
-        };
-        let chunk = match (&manifest.step, &step) {
-            (Some(spec), Some(_)) => match &spec.chunk {
-                Some(chunk) => {
-                    let outputs: Vec<&str> = spec.state.iter().map(|s| s.output.as_str()).collect();
-                    let path = config.path.join(&chunk.model_file);
-                    Some(open_graph(&env, config, &path, true, &outputs)?.0)
-                }
-                None => None,
-            },
-            _ => None,
-        };
+        // The graphs beside `step` that read and write its state, loaded only when it runs.
+        let state_graph =
+            |file: Option<&String>, ranked: bool| -> Result<Option<Graph>, ModelError> {
+                let (Some(spec), Some(_), Some(file)) = (&manifest.step, &step, file) else {
+                    return Ok(None);
+                };
+                let outputs: Vec<&str> = spec.state.iter().map(|s| s.output.as_str()).collect();
+                let path = config.path.join(file);
+                Ok(Some(open_graph(&env, config, &path, ranked, &outputs)?.0))
+            };
+        let step_spec = manifest.step.as_ref();
+        let prefill = state_graph(
+            step_spec
+                .and_then(|s| s.prefill.as_ref())
+                .map(|p| &p.model_file),
+            false,
+        )?;
+        let chunk = state_graph(
+            step_spec
+                .and_then(|s| s.chunk.as_ref())
+                .map(|c| &c.model_file),
+            true,
+        )?;
         Ok(Model {
             manifest,
             vocabulary,
@@ -1154,22 +1155,18 @@ mod tests {
             "the shipped model has a chunk graph"
         );
         for (field, bad) in [
-            (("chunk", "span"), serde_json::json!(24)),
-            (("chunk", "span"), serde_json::json!(0)),
-            (("history", ""), serde_json::json!("window")),
+            ("/step/chunk/span", serde_json::json!(24)),
+            ("/step/chunk/span", serde_json::json!(0)),
+            ("/step/history", serde_json::json!("window")),
         ] {
             let mut json = json.clone();
-            match field {
-                (f, "") => json["step"][f] = bad.clone(),
-                (f, g) => json["step"][f][g] = bad.clone(),
-            }
-            if field.0 == "history" {
-                json["step"].as_object_mut().unwrap().remove("prefill");
-            }
+            *json.pointer_mut(field).unwrap() = bad.clone();
+            // A prefill graph also needs history "all": without it only the chunk is at fault.
+            json["step"].as_object_mut().unwrap().remove("prefill");
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("model.json"), json.to_string()).unwrap();
             let err = Manifest::load(dir.path()).unwrap_err().to_string();
-            assert!(err.contains("step.chunk"), "{field:?} = {bad}: {err}");
+            assert!(err.contains("step.chunk"), "{field} = {bad}: {err}");
         }
     }
 
