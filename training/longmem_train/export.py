@@ -220,15 +220,17 @@ def session(path, threads=1):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
+def empty_state(state_spec, users):
+    """The step state of `users` users the model has seen nothing of, by name."""
+    return {s["name"]: np.zeros([users if d == "batch" else d for d in s["shape"]], np.float32) for s in state_spec}
+
+
 def run_steps(step_sess, state_spec, prefixes, with_state=False):
     """Feeds each prefix event by event through the step graph (batched across users; a user whose
     prefix is shorter simply keeps its state). Returns the last step's scores per user (and the
     final state by name, `with_state`)."""
     b = len(prefixes)
-    state = {}
-    for s in state_spec:
-        shape = [b if d == "batch" else d for d in s["shape"]]
-        state[s["name"]] = np.zeros(shape, dtype=np.float32)
+    state = empty_state(state_spec, b)
     longest = max(len(p) for p in prefixes)
     aligned = np.array([left_pad(p, longest) for p in prefixes], dtype=np.int64)
     scores = None
@@ -309,8 +311,7 @@ def chunk_parity(out_dir, state_spec, cases, k=10, batch=64, longest=80, seed=0)
     max_diff = max_state_diff = 0.0
     for start in range(0, len(users), batch):
         histories = [cases[u][0][:longest] for u in users[start:start + batch]]
-        state = {s["name"]: np.zeros([len(histories) if d == "batch" else d for d in s["shape"]], np.float32)
-                 for s in state_spec}
+        state = empty_state(state_spec, len(histories))
         fed = [0] * len(histories)
         chunk_scores = [[] for _ in histories]
         while any(f < len(h) for f, h in zip(fed, histories)):
@@ -327,8 +328,7 @@ def chunk_parity(out_dir, state_spec, cases, k=10, batch=64, longest=80, seed=0)
                 first += n
                 fed[u] += n
             state = {s["name"]: o for s, o in zip(state_spec, out[1:])}
-        stepped = {s["name"]: np.zeros([len(histories) if d == "batch" else d for d in s["shape"]], np.float32)
-                   for s in state_spec}
+        stepped = empty_state(state_spec, len(histories))
         for t in range(max(len(h) for h in histories)):
             active = np.array([t < len(h) for h in histories])
             items = np.array([h[t] if t < len(h) else 1 for h in histories], dtype=np.int64)
