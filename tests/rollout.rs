@@ -74,7 +74,9 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
 
     // Steady load: MovieLens events at about 400/s while the models change, until the last
     // rollout is done and one more chunk follows it (so every stage answers some events however
-    // long the rollouts take on a busy machine). Returns how many were sent.
+    // long the rollouts take on a busy machine). The flag is read before a chunk is sent: a chunk
+    // whose send began before the rollback answered may be scored wholly by the model before it.
+    // Returns how many were sent.
     let rollouts_done = Arc::new(AtomicBool::new(false));
     let producing = {
         let producer = broker.producer();
@@ -89,13 +91,14 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
+                let last = done.load(Ordering::SeqCst);
                 produce_with(&producer, &topic, chunk);
                 sent += chunk.len();
-                if done.load(Ordering::SeqCst) {
-                    break;
+                if last {
+                    return sent;
                 }
             }
-            sent
+            panic!("the load ran out of MovieLens events ({sent} sent) before the rollouts were done");
         })
     };
     std::thread::sleep(Duration::from_secs(3));
