@@ -98,7 +98,9 @@ fn models_roll_by_http_and_sighup_under_load_refuse_corrupt_candidates_and_roll_
                     return sent;
                 }
             }
-            panic!("the load ran out of MovieLens events ({sent} sent) before the rollouts were done");
+            panic!(
+                "the load ran out of MovieLens events ({sent} sent) before the rollouts were done"
+            );
         })
     };
     std::thread::sleep(Duration::from_secs(3));
