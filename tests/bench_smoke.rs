@@ -44,9 +44,18 @@ fn bench_measures_the_daemon_and_its_ceilings_and_writes_its_report() {
             "model_rows_per_s_at_mean_batch",
             "model_rows_per_s_at_256",
             "store_events_per_s",
+            "events_per_s_from_ready",
         ] {
             assert!(run[field].as_f64().unwrap() > 0.0, "{field}: {run}");
         }
+        // The drain is timed from its first batch; from ready it includes the wait for that batch.
+        let wait = run["first_batch_after_ready_s"].as_f64().unwrap();
+        assert!(wait >= 0.0, "{run}");
+        assert!(
+            run["events_per_s"].as_f64().unwrap()
+                >= run["events_per_s_from_ready"].as_f64().unwrap(),
+            "{run}"
+        );
         let phases = run["latency"].as_array().unwrap();
         let fractions: Vec<f64> = phases
             .iter()

@@ -103,6 +103,9 @@ pub struct RunStats {
     pub stage_nanos: [AtomicU64; Stage::ALL.len()],
     /// End-to-end latency in microseconds, from the Kafka timestamp to the output's acknowledgement.
     pub latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    /// When the first micro-batch was polled: a drain is timed from it, as the passthrough ceiling
+    /// is, so that the wait for the first fetch after an assignment is reported on its own.
+    pub first_batch: std::sync::OnceLock<Instant>,
 }
 
 impl RunStats {
@@ -298,6 +301,7 @@ fn run_inner(
             }
             let batch = source.next_batch(config.batch.max_events, max_wait, shutdown);
             if !batch.is_empty() {
+                stats.first_batch.get_or_init(Instant::now);
                 stats.busy_begin();
                 seq += 1;
                 let shadow = rollout.as_mut().and_then(|desk| desk.shadow());
