@@ -35,6 +35,7 @@ pub const BATCH_SIZE: &str = "longmem_batch_size_events";
 pub const BATCH_STAGE: &str = "longmem_batch_stage_duration_seconds";
 pub const INFERENCE: &str = "longmem_inference_duration_seconds";
 pub const END_TO_END: &str = "longmem_end_to_end_latency_seconds";
+pub const DAEMON_LATENCY: &str = "longmem_daemon_latency_seconds";
 pub const CONSUMER_LAG: &str = "longmem_consumer_lag_messages";
 pub const ASSIGNED_PARTITIONS: &str = "longmem_assigned_partitions";
 pub const STORE_SIZE: &str = "longmem_store_size_bytes";
@@ -75,6 +76,9 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(END_TO_END.into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(DAEMON_LATENCY.into()), LATENCY_BUCKETS)
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(INFERENCE.into()), STAGE_BUCKETS)
                 })
@@ -190,6 +194,11 @@ fn describe() {
         END_TO_END,
         Unit::Seconds,
         "From the event's Kafka timestamp to the broker's acknowledgement of its output."
+    );
+    describe_histogram!(
+        DAEMON_LATENCY,
+        Unit::Seconds,
+        "The daemon's share of the end-to-end latency: from taking the event off the consumer to the broker's acknowledgement of its output. The rest is the wait before it (the broker's fetch, a backlog)."
     );
     describe_gauge!(
         CONSUMER_LAG,
@@ -366,6 +375,10 @@ pub fn record_stage(stage: Stage, elapsed: Duration) {
 
 pub fn record_end_to_end(seconds: f64) {
     histogram!(END_TO_END).record(seconds);
+}
+
+pub fn record_daemon_latency(seconds: f64) {
+    histogram!(DAEMON_LATENCY).record(seconds);
 }
 
 pub fn record_lag(topic: &str, partition: i32, lag: i64) {

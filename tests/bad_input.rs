@@ -378,6 +378,7 @@ fn every_bad_message_lands_on_the_dead_letter_topic_with_its_reason() {
         "longmem_batch_size_events_bucket",
         "longmem_inference_duration_seconds_bucket",
         "longmem_end_to_end_latency_seconds_bucket",
+        "longmem_daemon_latency_seconds_bucket",
         "longmem_consumer_lag_messages",
         "longmem_store_size_bytes",
         "longmem_model_info{name=\"sasrec-ml100k\"",

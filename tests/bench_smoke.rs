@@ -69,6 +69,14 @@ fn bench_measures_the_daemon_and_its_ceilings_and_writes_its_report() {
                 p["max_ms"].as_f64().unwrap(),
             );
             assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{p}");
+            // The daemon's share starts later than the Kafka timestamp and ends at the same
+            // acknowledgement, event by event, so each of its quantiles is at most the whole's.
+            let (own50, own99) = (
+                p["daemon_p50_ms"].as_f64().unwrap(),
+                p["daemon_p99_ms"].as_f64().unwrap(),
+            );
+            assert!(0.0 < own50 && own50 <= own99, "{p}");
+            assert!(own50 <= p50 && own99 <= p99, "{p}");
         }
     }
     // The step model keeps a 64-float state per user, stored as f16 by default; full mode none.

@@ -40,6 +40,7 @@ fn decode(doc: &serde_json::Value) -> Result<Event, Rejection> {
         key: Some(key.into_bytes()),
         payload: Some(serde_json::to_vec(doc).unwrap()),
         kafka_timestamp_ms: Some(NOW),
+        polled_at_ms: NOW,
     };
     event::decode(&msg, &LimitsConfig::default(), NOW)
 }
@@ -156,6 +157,7 @@ fn rust_outputs_match_the_output_schemas() {
             key: None,
             payload,
             kafka_timestamp_ms: None,
+            polled_at_ms: NOW,
         };
         let rejection = event::decode(&msg, &LimitsConfig::default(), NOW).unwrap_err();
         let v = serde_json::to_value(DeadLetter::new(&msg, rejection, NOW)).unwrap();

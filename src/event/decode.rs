@@ -626,6 +626,7 @@ mod tests {
             key: key.map(|k| k.as_bytes().to_vec()),
             payload: Some(payload.as_bytes().to_vec()),
             kafka_timestamp_ms: Some(NOW),
+            polled_at_ms: NOW,
         }
     }
 

@@ -26,6 +26,9 @@ pub struct InMessage {
     pub payload: Option<Vec<u8>>,
     /// The Kafka message timestamp (producer create time or broker append time), epoch ms.
     pub kafka_timestamp_ms: Option<i64>,
+    /// When the daemon took it from the consumer, epoch ms: the end-to-end latency splits there
+    /// into the wait before the daemon (broker, fetch, backlog) and the daemon's own time.
+    pub polled_at_ms: i64,
 }
 
 /// Where an event came from; carried by every output so consumers can drop repeats.

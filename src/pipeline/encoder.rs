@@ -84,6 +84,10 @@ impl Encoder<'_> {
             .iter()
             .filter_map(|row| batch[row.message].kafka_timestamp_ms)
             .collect();
+        let answered_polled_at_ms: Vec<i64> = rows
+            .iter()
+            .map(|row| batch[row.message].polled_at_ms)
+            .collect();
         // Each answer moves into its output: its ten items and ids are not copied again.
         for row in rows {
             let msg = &batch[row.message];
@@ -177,6 +181,7 @@ impl Encoder<'_> {
             writes,
             recommendations,
             answered_at_ms,
+            answered_polled_at_ms,
             dead_letters: dead_letters.len() as u64,
             alerts: alert_kinds,
             demand_records,

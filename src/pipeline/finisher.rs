@@ -80,6 +80,11 @@ impl Finisher<'_> {
             metrics::record_end_to_end(micros as f64 / 1e6);
             self.stats.record_latency(micros);
         }
+        for polled in &p.answered_polled_at_ms {
+            let micros = (acked_ms - polled).max(0) as u64 * 1000;
+            metrics::record_daemon_latency(micros as f64 / 1e6);
+            self.stats.record_daemon_latency(micros);
+        }
         metrics::record_outputs(p.recommendations, p.dead_letters);
         for kind in &p.alerts {
             metrics::record_alert(*kind);

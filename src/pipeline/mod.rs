@@ -103,6 +103,8 @@ pub struct RunStats {
     pub stage_nanos: [AtomicU64; Stage::ALL.len()],
     /// End-to-end latency in microseconds, from the Kafka timestamp to the output's acknowledgement.
     pub latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    /// The daemon's share of it: from taking the event off the consumer to that acknowledgement.
+    pub daemon_latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
     /// When the first micro-batch was polled: a drain is timed from it, as the passthrough ceiling
     /// is, so that the wait for the first fetch after an assignment is reported on its own.
     pub first_batch: std::sync::OnceLock<Instant>,
@@ -151,16 +153,22 @@ impl RunStats {
     }
 
     fn record_latency(&self, micros: u64) {
-        let mut h = self.latency_us.lock().expect("latency lock");
-        let h = h.get_or_insert_with(|| {
-            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds")
-        });
-        let _ = h.record(micros.clamp(1, 3_600_000_000));
+        record_micros(&self.latency_us, micros);
+    }
+
+    fn record_daemon_latency(&self, micros: u64) {
+        record_micros(&self.daemon_latency_us, micros);
     }
 
     /// The end-to-end latency histogram so far (microseconds), starting a new one.
     pub fn take_latency(&self) -> Option<hdrhistogram::Histogram<u64>> {
         self.latency_us.lock().expect("latency lock").take()
+    }
+
+    /// The daemon's own latency histogram so far (consumer → acknowledged, microseconds), starting
+    /// a new one.
+    pub fn take_daemon_latency(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        self.daemon_latency_us.lock().expect("latency lock").take()
     }
 
     /// (p50, p99) end-to-end latency in milliseconds, if any output was acknowledged.
@@ -173,6 +181,14 @@ impl RunStats {
             )
         })
     }
+}
+
+fn record_micros(histogram: &Mutex<Option<hdrhistogram::Histogram<u64>>>, micros: u64) {
+    let mut h = histogram.lock().expect("latency lock");
+    let h = h.get_or_insert_with(|| {
+        hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds")
+    });
+    let _ = h.record(micros.clamp(1, 3_600_000_000));
 }
 
 /// Runs the pipeline on the calling thread until `shutdown` triggers; blocking (call it from a
@@ -382,6 +398,8 @@ struct Prepared {
     recommendations: u64,
     /// Kafka timestamps of the events answered with a recommendation (end-to-end latency).
     answered_at_ms: Vec<i64>,
+    /// When each of those events was taken from the consumer (the daemon's own latency).
+    answered_polled_at_ms: Vec<i64>,
     dead_letters: u64,
     alerts: Vec<AlertKind>,
     demand_records: u64,

@@ -139,6 +139,7 @@ impl Source {
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().map(<[u8]>::to_vec),
                         kafka_timestamp_ms: m.timestamp().to_millis(),
+                        polled_at_ms: crate::pipeline::now_ms(),
                     },
                     Instant::now(),
                 ),

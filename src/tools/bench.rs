@@ -98,6 +98,11 @@ pub struct LatencyPhase {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The daemon's share of the latency: from taking each event off the consumer to its output's
+    /// acknowledgement. The end-to-end figure less this is the wait before the daemon (the broker
+    /// holding a fetch, the consumer's queue).
+    pub daemon_p50_ms: f64,
+    pub daemon_p99_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -610,6 +615,7 @@ fn measure(
             let batches_before = daemon.stats.batches.load(Ordering::Relaxed);
             let rebuilt_before = daemon.stats.state_rebuilds.load(Ordering::Relaxed);
             daemon.stats.take_latency();
+            daemon.stats.take_daemon_latency();
             let b = bar(
                 count as u64,
                 format!("{label}: {:.0}% of peak", 100.0 * fraction),
@@ -625,6 +631,11 @@ fn measure(
             b.finish_and_clear();
             let h = daemon.stats.take_latency().context("no latency recorded")?;
             let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+            let own = daemon
+                .stats
+                .take_daemon_latency()
+                .context("no daemon latency recorded")?;
+            let own_ms = |q: f64| own.value_at_quantile(q) as f64 / 1e3;
             phases.push(LatencyPhase {
                 offered_fraction: fraction,
                 offered_per_s: rate,
@@ -635,6 +646,8 @@ fn measure(
                 p95_ms: ms(0.95),
                 p99_ms: ms(0.99),
                 max_ms: h.max() as f64 / 1e3,
+                daemon_p50_ms: own_ms(0.5),
+                daemon_p99_ms: own_ms(0.99),
             });
         }
         Ok((peak, cpu / n as f64 * 1e6, mean_batch, phases))
@@ -737,15 +750,15 @@ fn markdown(r: &Report) -> String {
             run.state_bytes_per_user,
         ));
     }
-    s.push_str("\nEnd-to-end latency (produced → recommendation acknowledged) at fractions of each run's peak:\n\n");
+    s.push_str("\nEnd-to-end latency (produced → recommendation acknowledged) at fractions of each run's peak, and the daemon's share of it (taken off the consumer → acknowledged; the rest is the broker's fetch and the consumer's queue):\n\n");
     s.push_str(
-        "| model | mode | offered | sustained | mean batch | states rebuilt | p50 ms | p95 ms | p99 ms | max ms |\n",
+        "| model | mode | offered | sustained | mean batch | states rebuilt | p50 ms | p95 ms | p99 ms | max ms | in daemon p50 ms | in daemon p99 ms |\n",
     );
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for run in &r.runs {
         for p in &run.latency {
             s.push_str(&format!(
-                "| {} | {} | {:.0}% ({:.0}/s) | {:.0}/s | {:.0} | {:.0}% | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                "| {} | {} | {:.0}% ({:.0}/s) | {:.0}/s | {:.0} | {:.0}% | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
                 run.model.rsplit('/').next().unwrap_or(&run.model),
                 run.mode,
                 100.0 * p.offered_fraction,
@@ -756,7 +769,9 @@ fn markdown(r: &Report) -> String {
                 p.p50_ms,
                 p.p95_ms,
                 p.p99_ms,
-                p.max_ms
+                p.max_ms,
+                p.daemon_p50_ms,
+                p.daemon_p99_ms,
             ));
         }
     }
