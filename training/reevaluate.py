@@ -6,6 +6,11 @@ For a protocol added after a model was trained (its metrics.json is updated in p
 changes). `full` on a split with unpublished test inputs (ML-1M's gSASRec split) also refreshes the
 figure on the users whose test input is complete, as training does. The data set and split come from the model's own manifest, so the figures are on the same
 test users as the rest of its card.
+
+    python training/reevaluate.py models/sasrec-ml1m --protocol full --one-short
+
+`--one-short` also tests the complete users with their last input item removed, the way the split
+tests every other user: the two figures side by side say what the unpublished item costs.
 """
 import argparse
 import json
@@ -23,6 +28,8 @@ def main():
     p.add_argument("models", nargs="+")
     p.add_argument("--protocol", default="full_recent", choices=["sampled", "full", "full_recent"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--one-short", action="store_true",
+                   help="with --protocol full on a split with gap users: also test the complete users one input item short")
     args = p.parse_args()
     for model_dir in args.models:
         with open(os.path.join(model_dir, "model.json")) as f:
@@ -48,6 +55,13 @@ def main():
             # As train.py does: the figure on the users whose test input is complete beside it.
             metrics["full_complete_users"] = evaluate(onnx_scores, complete_users(test, ds), ds.n_items, window, "full")
             print(model_dir, "full (complete users)", metrics["full_complete_users"], flush=True)
+            if args.one_short:
+                # Same users, same targets, the item before the target withheld from the input (it stays
+                # out of the ranking's removed items too, as a gap user's unknown item does).
+                short = {u: (prefix[:-1], target) for u, (prefix, target) in complete_users(test, ds).items()}
+                metrics["full_complete_users_one_short"] = evaluate(onnx_scores, short, ds.n_items, window, "full")
+                print(model_dir, "full (complete users, one item short)",
+                      metrics["full_complete_users_one_short"], flush=True)
         with open(path, "w") as f:
             json.dump(metrics, f, indent=2); f.write("\n")
         print(model_dir, args.protocol, result, "popularity", baseline, flush=True)
