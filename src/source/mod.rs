@@ -15,6 +15,7 @@
 //!   be finished, and librdkafka's prefetch queue is bounded (`queued.max.messages.kbytes`), so a
 //!   slow model slows consumption instead of growing memory.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
 
 use crate::changelog::{Ready, Restorer};
-use crate::checkpoint::{Checkpoint, Standing};
+use crate::checkpoint::{Checkpoint, Partition, Standing};
 use crate::config::Config;
 use crate::event::InMessage;
 use crate::memory::Store;
@@ -95,6 +96,7 @@ impl Source {
             checkpoint: Arc::new(Checkpoint::new(config.in_flight_deadline())),
             health,
             shutdown,
+            leaders: Mutex::new(HashMap::new()),
         };
         let consumer: BaseConsumer<SourceContext> = cc
             .create_with_context(context)
@@ -169,6 +171,7 @@ impl Source {
         };
         let mut to_resume = self.to_resume.lock().expect("to_resume lock");
         to_resume.extend(restorer.take_ready());
+        let mut resumed: Vec<Partition> = Vec::new();
         to_resume.retain(|ready| {
             let (topic, partition) = &ready.partition;
             if !restorer.is_current(ready)
@@ -193,9 +196,42 @@ impl Source {
                 return true;
             }
             restorer.resumed(ready);
+            resumed.push((topic.clone(), *partition));
             tracing::info!(%topic, partition, next_offset = ready.next_offset, "partition restored; consuming");
             false
         });
+        drop(to_resume);
+        self.wake_fetchers(&resumed);
+    }
+
+    /// librdkafka's broker threads do not look at a resumed partition again until they wake for
+    /// something else, which when idle is their 1 s serve timeout: each restore cost up to a second
+    /// more before the partition's first fetch. A request to a partition's leader wakes that
+    /// broker's thread, which then finds all its resumed partitions fetchable: one ListOffsets per
+    /// leader (one in all while the leaders are not known yet). The wake-up is the request being
+    /// queued, not its answer, so the wait for it is short: behind a fetch the broker holds, the
+    /// answer can take up to `fetch.wait.max.ms`, and the fetch's return wakes the thread anyway.
+    fn wake_fetchers(&self, resumed: &[Partition]) {
+        let leaders = self
+            .consumer
+            .context()
+            .leaders
+            .lock()
+            .expect("leaders lock")
+            .clone();
+        let mut woken = HashSet::new();
+        for partition in resumed {
+            if !woken.insert(leaders.get(partition).copied()) {
+                continue;
+            }
+            let (topic, partition) = partition;
+            if let Err(e) =
+                self.consumer
+                    .fetch_watermarks(topic, *partition, Duration::from_millis(10))
+            {
+                tracing::debug!(%topic, partition, error = %e, "no answer yet to the request that wakes a resumed partition's fetcher (it was sent)");
+            }
+        }
     }
 
     fn drop_revoked(&self, batch: &mut Batcher<InMessage>) {

@@ -2,8 +2,9 @@
 //! commit them on revocation, never while a batch is in flight) and statistics (lag from the
 //! pipeline's own position).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::statistics::Statistics;
@@ -25,14 +26,20 @@ pub struct SourceContext {
     pub(super) checkpoint: Arc<Checkpoint>,
     pub(super) health: Arc<Health>,
     pub(super) shutdown: Shutdown,
+    /// Each partition's leader broker as of the last statistics (to wake one fetcher per broker).
+    pub(super) leaders: Mutex<HashMap<Partition, i32>>,
 }
 
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
         let mut total = 0i64;
+        let mut leaders = self.leaders.lock().expect("leaders lock");
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 let key = (topic.clone(), *partition);
+                if p.leader >= 0 {
+                    leaders.insert(key.clone(), p.leader);
+                }
                 if p.hi_offset < 0 {
                     continue;
                 }

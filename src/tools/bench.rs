@@ -598,8 +598,11 @@ fn measure(
         b.finish_and_clear();
         let cpu = cpu_seconds() - cpu0;
         let first = daemon.stats.first_batch.get().copied().unwrap_or(t0);
-        first_batch_after = first.duration_since(t0).as_secs_f64();
-        from_ready = n as f64 / finished.duration_since(t0).as_secs_f64();
+        // Readiness is polled every 50 ms, so the first batch can come before it was seen: then
+        // "ready" is the first batch.
+        let ready = t0.min(first);
+        first_batch_after = first.duration_since(ready).as_secs_f64();
+        from_ready = n as f64 / finished.duration_since(ready).as_secs_f64();
         let peak = n as f64 / finished.duration_since(first).as_secs_f64().max(1e-9);
         let batches = daemon.stats.batches.load(Ordering::Relaxed).max(1);
         let mean_batch = daemon.stats.messages.load(Ordering::Relaxed) as f64 / batches as f64;
