@@ -21,6 +21,12 @@ fn click(user: &str, item: &str) -> String {
 /// (what is wrong, key, payload, expected reason)
 type BadMessage = (&'static str, Option<Vec<u8>>, Vec<u8>, &'static str);
 
+/// What a bad message's dead letter must say: (what is wrong, reason, original key, payload).
+type Expected<'a> = (&'a str, &'a str, Option<Vec<u8>>, Vec<u8>);
+
+/// The daemon's default `limits.max_message_bytes`: what a dead letter keeps of a key or payload.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
 fn corpus() -> Vec<BadMessage> {
     let k = |s: &str| Some(s.as_bytes().to_vec());
     let p = |s: &str| s.as_bytes().to_vec();
@@ -32,6 +38,21 @@ fn corpus() -> Vec<BadMessage> {
             k("u1"),
             p(&format!(r#"{{"pad":"{}"}}"#, "x".repeat(70_000))),
             "oversize",
+        ),
+        // Close to the broker's 1 MB limit: its dead letter, in base64, would be over it, and a
+        // dead letter the broker refuses stalls the partition. The dead letter keeps the first
+        // limits.max_message_bytes bytes and says so.
+        (
+            "oversize message near the broker's limit",
+            k("u1"),
+            p(&format!(r#"{{"pad":"{}"}}"#, "x".repeat(900_000))),
+            "oversize",
+        ),
+        (
+            "a key of 200,000 bytes",
+            Some(vec![b'u'; 200_000]),
+            p(&good),
+            "key_mismatch",
         ),
         (
             "invalid UTF-8",
@@ -274,7 +295,7 @@ fn every_bad_message_lands_on_the_dead_letter_topic_with_its_reason() {
     let (config, metrics_addr) = write_config(dir.path(), &broker, &topics, "badinput-group", 16);
 
     let mut messages = Vec::new();
-    let mut expected_bad: HashMap<i64, (&str, &str, Vec<u8>)> = HashMap::new();
+    let mut expected_bad: HashMap<i64, Expected> = HashMap::new();
     let mut good = 0;
     for (n, (what, key, payload, reason)) in corpus.iter().enumerate() {
         for _ in 0..3 {
@@ -285,7 +306,10 @@ fn every_bad_message_lands_on_the_dead_letter_topic_with_its_reason() {
             ));
             good += 1;
         }
-        expected_bad.insert(messages.len() as i64, (*what, *reason, payload.clone()));
+        expected_bad.insert(
+            messages.len() as i64,
+            (*what, *reason, key.clone(), payload.clone()),
+        );
         messages.push((key.clone(), payload.clone()));
         if n == corpus.len() - 1 {
             messages.push((Some(b"user0".to_vec()), click("user0", "7").into_bytes()));
@@ -327,17 +351,31 @@ fn every_bad_message_lands_on_the_dead_letter_topic_with_its_reason() {
             "dead letter does not match its schema: {v}"
         );
         let offset = v["source"]["offset"].as_i64().unwrap();
-        let (what, reason, payload) = expected_bad
+        let (what, reason, original_key, payload) = expected_bad
             .get(&offset)
             .unwrap_or_else(|| panic!("a good event went to the dead-letter topic: {v}"));
         assert_eq!(v["reason"], *reason, "{what}: {}", v["detail"]);
         assert_eq!(v["source"]["topic"], topics.input.as_str());
         assert!(!v["detail"].as_str().unwrap().is_empty());
+        let kept = payload.len().min(MAX_MESSAGE_BYTES);
         assert_eq!(
             &b64.decode(v["payload_base64"].as_str().unwrap()).unwrap(),
-            payload,
+            &payload[..kept],
             "{what}: original bytes"
         );
+        assert_eq!(v["payload_truncated"], payload.len() > kept, "{what}");
+        assert_eq!(v["payload_bytes"], payload.len(), "{what}");
+        // The key is kept like the payload, in the document and as the dead letter's Kafka key.
+        let kept_key = original_key
+            .as_ref()
+            .map(|k| k[..k.len().min(MAX_MESSAGE_BYTES)].to_vec());
+        let documented = v["key_base64"].as_str().map(|k| b64.decode(k).unwrap());
+        assert_eq!(documented, kept_key, "{what}: original key");
+        assert_eq!(d.key, kept_key, "{what}: the dead letter's Kafka key");
+        let key_cut = original_key
+            .as_ref()
+            .is_some_and(|k| k.len() > MAX_MESSAGE_BYTES);
+        assert_eq!(v["key_truncated"], key_cut, "{what}");
     }
     assert_eq!(recs.len(), good, "one recommendation per good user event");
     for r in &recs {

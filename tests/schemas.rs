@@ -160,7 +160,7 @@ fn rust_outputs_match_the_output_schemas() {
             polled_at_ms: NOW,
         };
         let rejection = event::decode(&msg, &LimitsConfig::default(), NOW).unwrap_err();
-        let v = serde_json::to_value(DeadLetter::new(&msg, rejection, NOW)).unwrap();
+        let v = serde_json::to_value(DeadLetter::new(&msg, rejection, NOW, 1024)).unwrap();
         assert!(validator.is_valid(&v), "{v}");
         dead_letters.push(v);
     }

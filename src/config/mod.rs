@@ -670,6 +670,12 @@ path = "models/sasrec-ml100k"
                 "true",
                 "kafka.consumer.enable.auto.commit",
             ),
+            // Its dead letters would be more than the producer sends.
+            (
+                "LONGMEM__LIMITS__MAX_MESSAGE_BYTES",
+                "500000",
+                "limits.max_message_bytes",
+            ),
         ];
         for (var, value, key) in cases {
             let err = load(MINIMAL, &[(var, value)]).unwrap_err().to_string();
@@ -679,6 +685,15 @@ path = "models/sasrec-ml100k"
             .unwrap_err()
             .to_string();
         assert!(err.contains("cpu") && err.contains("cuda"), "{err}");
+        // Raising what the producer sends makes room for it.
+        load(
+            MINIMAL,
+            &[
+                ("LONGMEM__LIMITS__MAX_MESSAGE_BYTES", "500000"),
+                ("LONGMEM__KAFKA__PRODUCER__MESSAGE_MAX_BYTES", "4000000"),
+            ],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -183,6 +183,29 @@ impl Config {
         if self.limits.max_message_bytes < 64 {
             errors.push(key_error("limits.max_message_bytes", "must be at least 64"));
         }
+        // A dead letter carries up to this many bytes of the key and of the payload, each a third
+        // longer in base64, and the kept key again as its Kafka key: it must fit what the
+        // producer sends, or the broker refuses it and the partition stalls.
+        let max_record = self
+            .kafka
+            .producer
+            .get("message.max.bytes")
+            .or_else(|| self.kafka.properties.get("message.max.bytes"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(1_000_000);
+        let dead_letter = self.limits.max_message_bytes.saturating_mul(4) + 4096;
+        if dead_letter > max_record {
+            errors.push(key_error(
+                "limits.max_message_bytes",
+                format!(
+                    "is {}: a dead letter can then reach {dead_letter} bytes, more than the producer \
+                     sends ({max_record}, message.max.bytes). Lower it to at most {}, or raise \
+                     kafka.producer message.max.bytes and the dead-letter topic's max.message.bytes",
+                    self.limits.max_message_bytes,
+                    (max_record.saturating_sub(4096)) / 4,
+                ),
+            ));
+        }
         if self.limits.max_id_len == 0 {
             errors.push(key_error("limits.max_id_len", "must be at least 1"));
         }

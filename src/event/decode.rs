@@ -866,7 +866,7 @@ mod tests {
         let mut m = msg(None, "");
         m.payload = Some(vec![0xff, 0x00, 0x41]);
         let r = decode(&m, &LimitsConfig::default(), NOW).unwrap_err();
-        let d = DeadLetter::new(&m, r, NOW);
+        let d = DeadLetter::new(&m, r, NOW, 1024);
         let back = base64::engine::general_purpose::STANDARD
             .decode(&d.payload_base64)
             .unwrap();
@@ -874,5 +874,22 @@ mod tests {
         assert_eq!(d.reason, RejectReason::InvalidUtf8);
         assert_eq!(d.key_base64, None);
         assert_eq!(d.source.offset, 7);
+        assert!(!d.payload_truncated && !d.key_truncated);
+    }
+
+    #[test]
+    fn dead_letter_keeps_the_first_bytes_of_a_huge_message() {
+        use base64::Engine as _;
+        let mut m = msg(Some(&"k".repeat(5000)), "");
+        m.payload = Some(vec![b'x'; 900_000]);
+        let r = decode(&m, &LimitsConfig::default(), NOW).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Oversize);
+        let d = DeadLetter::new(&m, r, NOW, 1024);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        assert_eq!(b64.decode(&d.payload_base64).unwrap(), vec![b'x'; 1024]);
+        assert!(d.payload_truncated);
+        assert_eq!(d.payload_bytes, 900_000);
+        assert_eq!(b64.decode(d.key_base64.unwrap()).unwrap(), vec![b'k'; 1024]);
+        assert!(d.key_truncated);
     }
 }

@@ -14,7 +14,7 @@ mod output;
 use serde::{Deserialize, Serialize};
 
 pub use decode::{decode, expected_key, is_forbidden_in_id, RejectReason, Rejection};
-pub use output::{DeadLetter, ModelRef, Recommendation, ScoredItem};
+pub use output::{kept, DeadLetter, ModelRef, Recommendation, ScoredItem};
 
 /// One Kafka message as the pipeline sees it, detached from the consumer's buffers.
 #[derive(Debug, Clone)]

@@ -143,9 +143,13 @@ impl Encoder<'_> {
             alert_kinds.push(alert.kind);
         }
         for (i, dl) in &dead_letters {
+            let keep = self.config.limits.max_message_bytes;
             outputs.push(Output::keyed(
                 &topics.dead_letter,
-                batch[*i].key.clone(),
+                batch[*i]
+                    .key
+                    .as_deref()
+                    .map(|k| event::kept(k, keep).to_vec()),
                 serde_json::to_vec(dl).expect("dead letters serialize"),
             ));
         }

@@ -46,7 +46,8 @@ impl Worker<'_> {
                     metrics::record_rejected(rejection.reason);
                     self.count_reject(rejection.reason);
                     tracing::debug!(topic = %msg.topic, partition = msg.partition, offset = msg.offset, reason = rejection.reason.as_str(), detail = %rejection.detail, "rejected");
-                    dead_letters.push((i, DeadLetter::new(msg, rejection, now)));
+                    let keep = self.config.limits.max_message_bytes;
+                    dead_letters.push((i, DeadLetter::new(msg, rejection, now, keep)));
                     events.push(None);
                 }
             }
