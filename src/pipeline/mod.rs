@@ -173,14 +173,23 @@ impl RunStats {
 
     /// (p50, p99) end-to-end latency in milliseconds, if any output was acknowledged.
     pub fn latency_ms(&self) -> Option<(f64, f64)> {
-        let h = self.latency_us.lock().expect("latency lock");
-        h.as_ref().filter(|h| !h.is_empty()).map(|h| {
-            (
-                h.value_at_quantile(0.5) as f64 / 1e3,
-                h.value_at_quantile(0.99) as f64 / 1e3,
-            )
-        })
+        p50_p99_ms(&self.latency_us)
     }
+
+    /// (p50, p99) of the daemon's share of it in milliseconds, if any output was acknowledged.
+    pub fn daemon_latency_ms(&self) -> Option<(f64, f64)> {
+        p50_p99_ms(&self.daemon_latency_us)
+    }
+}
+
+fn p50_p99_ms(histogram: &Mutex<Option<hdrhistogram::Histogram<u64>>>) -> Option<(f64, f64)> {
+    let h = histogram.lock().expect("latency lock");
+    h.as_ref().filter(|h| !h.is_empty()).map(|h| {
+        (
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3,
+        )
+    })
 }
 
 fn record_micros(histogram: &Mutex<Option<hdrhistogram::Histogram<u64>>>, micros: u64) {

@@ -246,6 +246,9 @@ fn print_summary(args: &DemoArgs, replay: &Replay, titles: &HashMap<String, Stri
     if let Some((p50, p99)) = stats.latency_ms() {
         println!("end-to-end latency         p50 {p50:.1} ms, p99 {p99:.1} ms (Kafka timestamp → output acknowledged)");
     }
+    if let Some((p50, p99)) = stats.daemon_latency_ms() {
+        println!("  of it in the daemon      p50 {p50:.1} ms, p99 {p99:.1} ms (taken off the consumer → output acknowledged)");
+    }
     println!(
         "recommendations produced   {} acknowledged, {} read back from the topic",
         stats.recommendations.load(Ordering::Relaxed),
