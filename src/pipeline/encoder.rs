@@ -142,8 +142,8 @@ impl Encoder<'_> {
             ));
             alert_kinds.push(alert.kind);
         }
+        let keep = self.config.limits.max_message_bytes;
         for (i, dl) in &dead_letters {
-            let keep = self.config.limits.max_message_bytes;
             outputs.push(Output::keyed(
                 &topics.dead_letter,
                 batch[*i]

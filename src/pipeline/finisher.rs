@@ -75,13 +75,12 @@ impl Finisher<'_> {
         }
         let acked_ms = now_ms();
         self.stats.record_stage(Stage::Produce, t);
-        for ts in &p.answered_at_ms {
-            let micros = (acked_ms - ts).max(0) as u64 * 1000;
+        let micros_to_ack = |since_ms: &i64| (acked_ms - since_ms).max(0) as u64 * 1000;
+        for micros in p.answered_at_ms.iter().map(micros_to_ack) {
             metrics::record_end_to_end(micros as f64 / 1e6);
             self.stats.record_latency(micros);
         }
-        for polled in &p.answered_polled_at_ms {
-            let micros = (acked_ms - polled).max(0) as u64 * 1000;
+        for micros in p.answered_polled_at_ms.iter().map(micros_to_ack) {
             metrics::record_daemon_latency(micros as f64 / 1e6);
             self.stats.record_daemon_latency(micros);
         }

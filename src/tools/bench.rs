@@ -633,24 +633,23 @@ fn measure(
             let rebuilt = daemon.stats.state_rebuilds.load(Ordering::Relaxed) - rebuilt_before;
             b.finish_and_clear();
             let h = daemon.stats.take_latency().context("no latency recorded")?;
-            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
             let own = daemon
                 .stats
                 .take_daemon_latency()
                 .context("no daemon latency recorded")?;
-            let own_ms = |q: f64| own.value_at_quantile(q) as f64 / 1e3;
+            let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
             phases.push(LatencyPhase {
                 offered_fraction: fraction,
                 offered_per_s: rate,
                 sustained_per_s: sustained,
                 mean_batch: count as f64 / batches.max(1) as f64,
                 rebuilt_per_event: rebuilt as f64 / count as f64,
-                p50_ms: ms(0.5),
-                p95_ms: ms(0.95),
-                p99_ms: ms(0.99),
+                p50_ms: ms(&h, 0.5),
+                p95_ms: ms(&h, 0.95),
+                p99_ms: ms(&h, 0.99),
                 max_ms: h.max() as f64 / 1e3,
-                daemon_p50_ms: own_ms(0.5),
-                daemon_p99_ms: own_ms(0.99),
+                daemon_p50_ms: ms(&own, 0.5),
+                daemon_p99_ms: ms(&own, 0.99),
             });
         }
         Ok((peak, cpu / n as f64 * 1e6, mean_batch, phases))
