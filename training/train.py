@@ -81,7 +81,8 @@ def main():
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--max-minutes", type=float, default=55.0, help="stop training after this long")
-    p.add_argument("--valid-users", type=int, default=5000, help="users sampled for early stopping")
+    p.add_argument("--valid-users", type=int, default=5000,
+                   help="users sampled for early stopping (0: every user with a validation item)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
@@ -111,7 +112,8 @@ def main():
     print(f"{name}: users={len(ds.sequences)} items={ds.n_items} training windows={len(windows)}", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = random.Random(args.seed)
-    valid_sample = {u: valid[u] for u in rng.sample(sorted(valid), min(args.valid_users, len(valid)))}
+    n_valid = len(valid) if args.valid_users <= 0 else min(args.valid_users, len(valid))
+    valid_sample = {u: valid[u] for u in rng.sample(sorted(valid), n_valid)}
 
     def torch_scores(x):
         with torch.no_grad():
