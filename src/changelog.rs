@@ -29,8 +29,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Headers;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
@@ -383,27 +384,28 @@ impl Replay {
     }
 }
 
-/// How long the changelog must stay quiet past its reported end before a restore counts as
-/// complete: some Kafka-compatible brokers (tansu) report a high watermark that trails the last
-/// record, so the end is where reading finds nothing more.
-const QUIET_END: Duration = Duration::from_millis(500);
+/// How long a restore waits for a changelog partition's end to be reported before taking a quiet
+/// spell as its end (a broker that never reports it). The end normally comes with a fetch: the
+/// fetch response's high watermark, not a ListOffsets answer, which some Kafka-compatible brokers
+/// (tansu) give as the first offset of the last record batch plus one.
+const QUIET_GIVE_UP: Duration = Duration::from_secs(10);
 
 /// One changelog partition being read by [`restore`].
 struct Reading {
     replay: Replay,
     result: Restored,
-    /// The next offset to read, and where the broker says the partition ends.
+    /// The next offset to read, and whether a fetch reported it as the partition's end.
     next: i64,
-    high: i64,
+    at_end: bool,
     /// The position the read started from, and whether a record came yet.
     from: i64,
     first: bool,
 }
 
-/// Reads changelog partitions `partitions` from the store's positions to their ends, together
-/// (one quiet spell ends them all), and applies them; the input offsets of `inputs` come from the
-/// markers. A partition whose store position is the changelog's end is current and not read. Stops
-/// early, having applied a consistent prefix, when `keep_going` turns false.
+/// Reads changelog partitions `partitions` from the store's positions to their ends, together, and
+/// applies them; the input offsets of `inputs` come from the markers. A partition whose store
+/// position is the changelog's end, or that holds no record, is not read. Stops early, having
+/// applied a consistent prefix, when `keep_going` turns false.
 pub fn restore(
     config: &Config,
     store: &Store,
@@ -422,24 +424,29 @@ pub fn restore(
     let mut cc = client_config(config);
     cc.set("group.id", format!("{}.restore", config.kafka.group_id))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        // The end of a partition is where a fetch response's high watermark says it is.
+        .set("enable.partition.eof", "true")
         // A position past the changelog's end (a store that is ahead of it) restarts from its start.
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100")
         // Bounded like the main consumer's prefetch: a restore reads ahead of what it applies.
         .set("queued.max.messages.kbytes", "16384");
     let first_partition = partitions.first().copied().unwrap_or(0);
-    let consumer: BaseConsumer = cc.create().map_err(read_error(first_partition))?;
+    let consumer: BaseConsumer<RestoreContext> = cc
+        .create_with_context(RestoreContext)
+        .map_err(read_error(first_partition))?;
     let mut readings: HashMap<i32, Reading> = HashMap::new();
     let mut done = Vec::new();
     let mut tpl = TopicPartitionList::new();
     for &partition in partitions {
-        let (_, high) = consumer
+        let (low, high) = consumer
             .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
             .map_err(read_error(partition))?;
         let stored = store.changelog_position(topic, partition)?;
-        if stored == Some(high) {
-            // The last record of the partition is the last this store applied: current.
+        if stored == Some(high) || low == high {
+            // The last record of the partition is the last this store applied (current), or the
+            // partition holds no record to restore. Not trusted as an end are answers between
+            // those: a broker may give less than the partition's end (see `QUIET_GIVE_UP`).
             done.push((partition, Restored::default()));
             continue;
         }
@@ -471,7 +478,7 @@ pub fn restore(
                 },
                 result: Restored::default(),
                 next: from,
-                high,
+                at_end: false,
                 from,
                 first: true,
             },
@@ -489,10 +496,24 @@ pub fn restore(
     Ok(done)
 }
 
+/// The restore consumer's context: rdkafka also hands each partition's end to the client's error
+/// callback, and for a restore that end is the news it waits for, not an error.
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!(%error, reason, "changelog restore: Kafka client error (librdkafka retries on its own)");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
 /// Polls the changelog partitions of `readings` until their ends (or `keep_going` turns false),
 /// applying each partition's records to `store` once they are covered by their batch's marker.
 fn read_to_end(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<RestoreContext>,
     store: &Store,
     topic: &str,
     readings: &mut HashMap<i32, Reading>,
@@ -540,6 +561,15 @@ fn read_to_end(
                     r.take_chunk(partition).apply(store, topic)?;
                 }
             }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                // Reported once per end reached, after every record before it was delivered.
+                if let Some(r) = readings.get_mut(&partition) {
+                    r.at_end = true;
+                }
+                if readings.values().all(|r| r.at_end) {
+                    break;
+                }
+            }
             Some(Err(e)) => {
                 return Err(ChangelogError::Read {
                     topic: topic.to_string(),
@@ -547,17 +577,11 @@ fn read_to_end(
                     error: e,
                 })
             }
-            None if readings.values().all(|r| r.next >= r.high)
-                && last_record.elapsed() >= QUIET_END =>
-            {
-                break
-            }
-            // Offsets that hold no record (transaction markers, compacted away) end below the
-            // high watermark: past a long quiet spell, that is the end.
-            None if last_record.elapsed() >= 20 * QUIET_END => {
+            None if last_record.elapsed() >= QUIET_GIVE_UP => {
                 tracing::warn!(
                     changelog = topic,
-                    "the changelog stayed quiet below its high watermark; taking that as its end"
+                    quiet_seconds = QUIET_GIVE_UP.as_secs(),
+                    "the broker never reported the changelog's end; taking a quiet spell as the end"
                 );
                 break;
             }

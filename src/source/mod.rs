@@ -39,6 +39,9 @@ mod rebalance;
 use batch::Batcher;
 pub use rebalance::SourceContext;
 
+/// The longest poll while a partition is being restored: its resume waits for the next poll.
+const RESTORE_POLL: Duration = Duration::from_millis(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot create the Kafka consumer: {0}. Check the [kafka] settings")]
@@ -125,7 +128,19 @@ impl Source {
         let mut batch = Batcher::new(max_events, max_wait, Duration::from_millis(100));
         while let Some(timeout) = batch.next_timeout(Instant::now()) {
             self.resume_restored();
-            let polled = self.consumer.poll(timeout);
+            // While a restore runs, polls return soon, so its partitions resume as it ends.
+            let restoring = self
+                .consumer
+                .context()
+                .health
+                .restoring_partitions
+                .load(Ordering::Relaxed)
+                > 0;
+            let polled = self.consumer.poll(if restoring {
+                timeout.min(RESTORE_POLL)
+            } else {
+                timeout
+            });
             self.drop_revoked(&mut batch);
             match polled {
                 None if batch.is_empty() => break,
