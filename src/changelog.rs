@@ -435,6 +435,11 @@ pub fn restore(
     let consumer: BaseConsumer<RestoreContext> = cc
         .create_with_context(RestoreContext)
         .map_err(read_error(first_partition))?;
+    // Leaders known before the watermark queries: otherwise the first waits out librdkafka's retry
+    // backoff (100 ms) for the metadata it asks for.
+    consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(read_error(first_partition))?;
     let mut readings: HashMap<i32, Reading> = HashMap::new();
     let mut done = Vec::new();
     let mut tpl = TopicPartitionList::new();
@@ -485,15 +490,26 @@ pub fn restore(
         );
     }
     if readings.is_empty() {
+        close_in_background(consumer);
         return Ok(done);
     }
     consumer.assign(&tpl).map_err(read_error(first_partition))?;
     read_to_end(&consumer, store, topic, &mut readings, keep_going)?;
+    close_in_background(consumer);
     // One fsync for the whole restore: a sled batch is atomic, so a crash before it leaves a
     // prefix of the chunks with their positions, and the next restore continues from there.
     store.flush()?;
     done.extend(readings.into_iter().map(|(p, r)| (p, r.result)));
     Ok(done)
+}
+
+/// Closing a consumer polls it in 100 ms steps until librdkafka has closed it: the restored
+/// partitions need not wait for that.
+fn close_in_background(consumer: BaseConsumer<RestoreContext>) {
+    // Should the thread not start, the consumer is dropped (closed) here.
+    let _ = std::thread::Builder::new()
+        .name("restore-close".into())
+        .spawn(move || drop(consumer));
 }
 
 /// The restore consumer's context: rdkafka also hands each partition's end to the client's error
