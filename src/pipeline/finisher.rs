@@ -50,19 +50,13 @@ impl Finisher<'_> {
         let t = Instant::now();
         let delivered = match self.sink.deliver(&p.outputs, self.shutdown) {
             Ok(delivered) => delivered,
-            Err(e) => {
-                tracing::warn!(error = %e, "stopping with a batch whose outputs were not acknowledged; it will be replayed");
-                return Finished::Interrupted;
-            }
+            Err(e) => return undelivered(e, "outputs"),
         };
         // Only now the markers: one in the changelog means every output of the batch is on the
         // broker (a restore trusts the batch's records and offsets from it).
         let markers = match self.sink.deliver(&p.changelog_markers, self.shutdown) {
             Ok(delivered) => delivered,
-            Err(e) => {
-                tracing::warn!(error = %e, "stopping with a batch whose changelog markers were not acknowledged; it will be replayed");
-                return Finished::Interrupted;
-            }
+            Err(e) => return undelivered(e, "changelog markers"),
         };
         // The store records how far each changelog partition holds its records, in the same
         // write as the state.
@@ -118,4 +112,14 @@ impl Finisher<'_> {
                 .collect(),
         )
     }
+}
+
+/// A batch whose `what` could not be delivered: a permanent refusal stops the pipeline with the
+/// reason; otherwise shutdown came while it was being retried.
+fn undelivered(e: SinkError, what: &str) -> Finished {
+    if e.is_permanent() {
+        return Finished::Failed(e.into());
+    }
+    tracing::warn!(error = %e, "stopping with a batch whose {what} were not acknowledged; it will be replayed");
+    Finished::Interrupted
 }

@@ -33,6 +33,18 @@ pub enum SinkError {
     Create(KafkaError),
     #[error("delivery to topic {topic} failed: {error}")]
     Delivery { topic: String, error: KafkaError },
+    #[error(
+        "the broker refused outputs to topic {topic}, and retrying cannot change that: {error}. \
+         Check that the topic exists, that this instance may write it (WRITE on the topic, \
+         IDEMPOTENT_WRITE on the cluster) and that its records fit the topic's max.message.bytes, \
+         then restart: the batch was not written to the store, so it is processed again"
+    )]
+    Refused { topic: String, error: KafkaError },
+    #[error(
+        "the producer failed for good: {error}. Restart the instance (a new producer starts a new \
+         idempotent session); the batch was not written to the store, so it is processed again"
+    )]
+    Fatal { error: KafkaError },
     #[error("the producer dropped a delivery report (it is shutting down)")]
     Canceled,
 }
@@ -104,19 +116,39 @@ impl Sink {
         loop {
             match self.send_all(outputs) {
                 Ok(delivered) => return Ok(delivered),
-                Err(e) if shutdown.is_triggered() => return Err(e),
-                Err(e) => {
-                    attempt += 1;
-                    metrics::record_produce_retry();
-                    let wait = backoff(attempt, RETRY_BASE, RETRY_CAP);
-                    tracing::error!(error = %e, attempt, ?wait, "producing the batch's outputs failed; retrying the whole batch (state unchanged)");
-                    let until = Instant::now() + wait;
-                    while Instant::now() < until && !shutdown.is_triggered() {
-                        std::thread::sleep(Duration::from_millis(50).min(wait));
-                    }
-                }
+                Err(SinkError::Delivery { topic, error }) => match permanence(&error) {
+                    Some(Permanence::Refused) => return Err(SinkError::Refused { topic, error }),
+                    Some(Permanence::Fatal) => return Err(SinkError::Fatal { error }),
+                    None => self.wait_to_retry(
+                        &mut attempt,
+                        SinkError::Delivery { topic, error },
+                        shutdown,
+                    )?,
+                },
+                Err(e) => self.wait_to_retry(&mut attempt, e, shutdown)?,
             }
         }
+    }
+
+    /// Waits before the next attempt after failure `e`; returns it when `shutdown` triggers.
+    fn wait_to_retry(
+        &self,
+        attempt: &mut u32,
+        e: SinkError,
+        shutdown: &Shutdown,
+    ) -> Result<(), SinkError> {
+        if shutdown.is_triggered() {
+            return Err(e);
+        }
+        *attempt += 1;
+        metrics::record_produce_retry();
+        let wait = backoff(*attempt, RETRY_BASE, RETRY_CAP);
+        tracing::error!(error = %e, attempt = *attempt, ?wait, "producing the batch's outputs failed; retrying the whole batch (state unchanged)");
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !shutdown.is_triggered() {
+            std::thread::sleep(Duration::from_millis(50).min(wait));
+        }
+        Ok(())
     }
 
     /// Produces every output and waits for all acknowledgements; returns where each was written,
@@ -185,5 +217,121 @@ impl Sink {
     /// Waits for anything still queued (used at shutdown).
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(Timeout::After(timeout));
+    }
+}
+
+impl SinkError {
+    /// Whether no retry can deliver the batch (the pipeline stops and says why), rather than not
+    /// yet (the broker is away, a leader moves: retried).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SinkError::Refused { .. } | SinkError::Fatal { .. })
+    }
+}
+
+enum Permanence {
+    /// The broker refuses the records or this client's right to write them.
+    Refused,
+    /// The idempotent producer cannot go on (librdkafka's fatal error).
+    Fatal,
+}
+
+/// Delivery errors that retrying the batch cannot clear. Everything else (timeouts, brokers down,
+/// leaders moving) is retried: the broker may come back.
+fn permanence(error: &KafkaError) -> Option<Permanence> {
+    use RDKafkaErrorCode as E;
+    match error.rdkafka_error_code()? {
+        E::TopicAuthorizationFailed
+        | E::ClusterAuthorizationFailed
+        | E::MessageSizeTooLarge
+        | E::MessageBatchTooLarge
+        | E::InvalidMessageSize
+        | E::InvalidRecord
+        | E::InvalidTopic
+        | E::PolicyViolation
+        | E::UnknownTopic
+        | E::InvalidRequiredAcks
+        | E::UnsupportedForMessageFormat => Some(Permanence::Refused),
+        E::Fatal => Some(Permanence::Fatal),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaRespErr;
+
+    fn delivery(code: RDKafkaErrorCode) -> KafkaError {
+        KafkaError::MessageProduction(code)
+    }
+
+    #[test]
+    fn refusals_and_fatal_errors_are_permanent_and_outages_are_retried() {
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::UnknownTopic,
+        ] {
+            assert!(
+                matches!(permanence(&delivery(code)), Some(Permanence::Refused)),
+                "{code:?}"
+            );
+        }
+        assert!(matches!(
+            permanence(&delivery(RDKafkaErrorCode::Fatal)),
+            Some(Permanence::Fatal)
+        ));
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+        ] {
+            assert!(permanence(&delivery(code)).is_none(), "{code:?}");
+        }
+        assert!(permanence(&KafkaError::Canceled).is_none());
+    }
+
+    /// The embedded broker (rdkafka's mock cluster) refuses every produce request as unauthorized:
+    /// the batch fails at once with an error that says what to check, instead of being retried
+    /// for ever while its partition stalls.
+    #[test]
+    fn a_refused_batch_fails_at_once_and_says_what_to_check() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("outputs", 1, 1).expect("topic");
+        cluster.request_errors(
+            rdkafka::types::RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 1000],
+        );
+        let path = std::path::Path::new("config/default.toml");
+        let text = std::fs::read_to_string(path).expect("config/default.toml");
+        let env = [(
+            "LONGMEM__KAFKA__BOOTSTRAP_SERVERS".to_string(),
+            cluster.bootstrap_servers(),
+        )];
+        let config = Config::from_toml(&text, path, env).expect("config");
+        let sink = Sink::new(&config).expect("producer");
+        let outputs = [Output::keyed(
+            "outputs",
+            Some(b"u1".to_vec()),
+            b"{}".to_vec(),
+        )];
+        // Retried instead, the batch would come back only at this shutdown, as not yet delivered.
+        let shutdown = std::sync::Arc::new(Shutdown::new());
+        let later = shutdown.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(20));
+            later.trigger();
+        });
+        let err = sink
+            .deliver(&outputs, &shutdown)
+            .expect_err("an unauthorized produce cannot succeed");
+        assert!(err.is_permanent(), "retried until shutdown: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("outputs") && message.contains("WRITE on the topic"),
+            "{message}"
+        );
     }
 }
