@@ -101,10 +101,11 @@ def recommender_card(m, r):
                   f"`step.onnx` (`item` [batch] + state → {step_answer})"
                   f"{'' if 'prefill' not in step else ', `prefill.onnx` (`item_seq` → the state after the window)'}"
                   f"{'' if 'chunk' not in step else ', `chunk.onnx` (several items per user + state → scores for each item and the new state)'}"
-                  f"; all read `weights.bin`")
+                  f"; {'all' if 'prefill' in step or 'chunk' in step else 'both'} read `weights.bin`")
     else:
         graphs = (f"`model.onnx` only (full: `item_seq` [batch, {m['window']}] → {answer}); the daemon runs it with "
                   f"`model.mode = \"full\"`")
+    valid_users = "every user" if a['valid_users'] <= 0 else f"{a['valid_users']} users at most"
     lines = [
         f"# {m['name']}",
         "",
@@ -116,7 +117,7 @@ def recommender_card(m, r):
         f"| data | {data_description(m)}; sha256 `{r['data_sha256'][:16]}…` |",
         "| split | leave-one-out: last item test, second-to-last validation, the rest training |",
         f"| training | {negatives}, Adam {a['lr']}, batch {a['batch']}, length-bucketed; early stopping on validation NDCG@10 "
-        f"(full ranking, {a['valid_users']} users at most, patience {a['patience']}, cap {a['max_minutes']:g} min): "
+        f"(full ranking, {valid_users}, patience {a['patience']}, cap {a['max_minutes']:g} min): "
         f"{r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min on {a['threads']} CPU thread(s) |",
         f"| command | `python training/train.py --model {kind} --data {a['data']} --out {{dir}} --name {m['name']}"
         f"{'' if m['version'] == '1' else ' --version ' + m['version']}` (+ the non-default flags in `model.json`) |",
