@@ -188,9 +188,8 @@ impl Config {
         // producer sends, or the broker refuses it and the partition stalls.
         let max_record = self
             .kafka
-            .producer
+            .client_config(&[], &self.kafka.producer)
             .get("message.max.bytes")
-            .or_else(|| self.kafka.properties.get("message.max.bytes"))
             .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(1_000_000);
         let dead_letter = self.limits.max_message_bytes.saturating_mul(4) + 4096;

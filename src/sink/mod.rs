@@ -114,41 +114,12 @@ impl Sink {
     ) -> Result<Vec<Delivered>, SinkError> {
         let mut attempt = 0u32;
         loop {
-            match self.send_all(outputs) {
+            match self.send_all(outputs).map_err(SinkError::classified) {
                 Ok(delivered) => return Ok(delivered),
-                Err(SinkError::Delivery { topic, error }) => match permanence(&error) {
-                    Some(Permanence::Refused) => return Err(SinkError::Refused { topic, error }),
-                    Some(Permanence::Fatal) => return Err(SinkError::Fatal { error }),
-                    None => self.wait_to_retry(
-                        &mut attempt,
-                        SinkError::Delivery { topic, error },
-                        shutdown,
-                    )?,
-                },
-                Err(e) => self.wait_to_retry(&mut attempt, e, shutdown)?,
+                Err(e) if e.is_permanent() => return Err(e),
+                Err(e) => wait_to_retry(&mut attempt, e, shutdown)?,
             }
         }
-    }
-
-    /// Waits before the next attempt after failure `e`; returns it when `shutdown` triggers.
-    fn wait_to_retry(
-        &self,
-        attempt: &mut u32,
-        e: SinkError,
-        shutdown: &Shutdown,
-    ) -> Result<(), SinkError> {
-        if shutdown.is_triggered() {
-            return Err(e);
-        }
-        *attempt += 1;
-        metrics::record_produce_retry();
-        let wait = backoff(*attempt, RETRY_BASE, RETRY_CAP);
-        tracing::error!(error = %e, attempt = *attempt, ?wait, "producing the batch's outputs failed; retrying the whole batch (state unchanged)");
-        let until = Instant::now() + wait;
-        while Instant::now() < until && !shutdown.is_triggered() {
-            std::thread::sleep(Duration::from_millis(50).min(wait));
-        }
-        Ok(())
     }
 
     /// Produces every output and waits for all acknowledgements; returns where each was written,
@@ -221,6 +192,18 @@ impl Sink {
 }
 
 impl SinkError {
+    /// A delivery failure that no retry can clear, as the error that says so.
+    fn classified(self) -> SinkError {
+        match self {
+            SinkError::Delivery { topic, error } => match permanence(&error) {
+                Some(Permanence::Refused) => SinkError::Refused { topic, error },
+                Some(Permanence::Fatal) => SinkError::Fatal { error },
+                None => SinkError::Delivery { topic, error },
+            },
+            other => other,
+        }
+    }
+
     /// Whether no retry can deliver the batch (the pipeline stops and says why), rather than not
     /// yet (the broker is away, a leader moves: retried).
     pub fn is_permanent(&self) -> bool {
@@ -233,6 +216,22 @@ enum Permanence {
     Refused,
     /// The idempotent producer cannot go on (librdkafka's fatal error).
     Fatal,
+}
+
+/// Waits before the next attempt after failure `e`; returns it when `shutdown` triggers.
+fn wait_to_retry(attempt: &mut u32, e: SinkError, shutdown: &Shutdown) -> Result<(), SinkError> {
+    if shutdown.is_triggered() {
+        return Err(e);
+    }
+    *attempt += 1;
+    metrics::record_produce_retry();
+    let wait = backoff(*attempt, RETRY_BASE, RETRY_CAP);
+    tracing::error!(error = %e, attempt = *attempt, ?wait, "producing the batch's outputs failed; retrying the whole batch (state unchanged)");
+    let until = Instant::now() + wait;
+    while Instant::now() < until && !shutdown.is_triggered() {
+        std::thread::sleep(Duration::from_millis(50).min(wait));
+    }
+    Ok(())
 }
 
 /// Delivery errors that retrying the batch cannot clear. Everything else (timeouts, brokers down,

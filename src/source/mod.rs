@@ -129,14 +129,7 @@ impl Source {
         while let Some(timeout) = batch.next_timeout(Instant::now()) {
             self.resume_restored();
             // While a restore runs, polls return soon, so its partitions resume as it ends.
-            let restoring = self
-                .consumer
-                .context()
-                .health
-                .restoring_partitions
-                .load(Ordering::Relaxed)
-                > 0;
-            let polled = self.consumer.poll(if restoring {
+            let polled = self.consumer.poll(if self.restore_running() {
                 timeout.min(RESTORE_POLL)
             } else {
                 timeout
@@ -169,10 +162,17 @@ impl Source {
         batch.into_items()
     }
 
-    fn is_restoring(&self, topic: &str, partition: i32) -> bool {
+    /// Whether any partition is being restored (one atomic load, before any lock).
+    fn restore_running(&self) -> bool {
         let context = self.consumer.context();
         context.health.restoring_partitions.load(Ordering::Relaxed) > 0
-            && context
+    }
+
+    fn is_restoring(&self, topic: &str, partition: i32) -> bool {
+        self.restore_running()
+            && self
+                .consumer
+                .context()
                 .restorer
                 .as_ref()
                 .is_some_and(|r| r.is_restoring(&(topic.to_string(), partition)))
