@@ -83,6 +83,11 @@ def main():
     p.add_argument("--max-minutes", type=float, default=55.0, help="stop training after this long")
     p.add_argument("--valid-users", type=int, default=5000,
                    help="users sampled for early stopping (0: every user with a validation item)")
+    p.add_argument("--refit", action="store_true",
+                   help="after validation picks the epoch count, train again from the same start on the training "
+                        "and validation items for that many epochs (the test items stay unseen)")
+    p.add_argument("--refit-epochs", type=int, default=0,
+                   help="skip the validation run and refit for this many epochs (a count an earlier run chose)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
@@ -103,14 +108,7 @@ def main():
     ds = D.load(args.data)
     train, valid, test = D.split(ds)
     name = args.name or f"{args.model}-{ds.name.split('.')[0].lower()}"
-    model = build(vars(args), ds.n_items)
-    windows = torch.tensor(D.training_windows(train, args.window))
-    lengths = (windows > 0).sum(1)
-    # Each batch's summed loss is divided by the average number of predictions per batch, so every
-    # prediction weighs the same whatever the length of the batch it landed in.
-    per_batch = float((lengths - 1).clamp(min=0).sum()) / math.ceil(len(windows) / args.batch)
-    print(f"{name}: users={len(ds.sequences)} items={ds.n_items} training windows={len(windows)}", flush=True)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    print(f"{name}: users={len(ds.sequences)} items={ds.n_items}", flush=True)
     rng = random.Random(args.seed)
     n_valid = len(valid) if args.valid_users <= 0 else min(args.valid_users, len(valid))
     valid_sample = {u: valid[u] for u in rng.sample(sorted(valid), n_valid)}
@@ -119,29 +117,62 @@ def main():
         with torch.no_grad():
             return model.scores(model.encode(torch.from_numpy(x))[:, -1]).numpy()
 
-    best, best_state, bad, t0, epochs = -1.0, None, 0, time.time(), 0
-    for epoch in range(args.epochs):
-        model.train()
-        total = 0.0
-        for batch in length_buckets(windows, lengths, args.batch):
-            loss_sum, _ = training_loss(model, batch, args)
-            loss = loss_sum / per_batch
-            opt.zero_grad(); loss.backward(); opt.step()
-            total += float(loss.detach())
-        model.eval()
+    def start(sequences):
+        """A fresh model from the seed, and an epoch function over `sequences`' training windows: a
+        refit starts where the validation run started and differs only in the data it reads."""
+        torch.manual_seed(args.seed)
+        model = build(vars(args), ds.n_items)
+        windows = torch.tensor(D.training_windows(sequences, args.window))
+        lengths = (windows > 0).sum(1)
+        # Each batch's summed loss is divided by the average number of predictions per batch, so every
+        # prediction weighs the same whatever the length of the batch it landed in.
+        per_batch = float((lengths - 1).clamp(min=0).sum()) / math.ceil(len(windows) / args.batch)
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        print(f"training windows={len(windows)}", flush=True)
+
+        def epoch():
+            model.train()
+            total = 0.0
+            for batch in length_buckets(windows, lengths, args.batch):
+                loss_sum, _ = training_loss(model, batch, args)
+                loss = loss_sum / per_batch
+                opt.zero_grad(); loss.backward(); opt.step()
+                total += float(loss.detach())
+            model.eval()
+            return total
+        return model, epoch
+
+    model, run_epoch = start(train)
+    best, best_state, bad, t0, epochs, best_epoch = -1.0, None, 0, time.time(), 0, 0
+    for epoch in range(0 if args.refit_epochs > 0 else args.epochs):
+        total = run_epoch()
         v = evaluate(torch_scores, valid_sample, ds.n_items, args.window, "full")
         epochs = epoch + 1
         print(f"epoch {epoch:3d} loss {total:9.2f} valid(full) HR@10 {v['hr@10']:.4f} NDCG@10 {v['ndcg@10']:.4f} "
               f"({time.time() - t0:.0f}s)", flush=True)
         if v["ndcg@10"] > best:
-            best, bad = v["ndcg@10"], 0
+            best, bad, best_epoch = v["ndcg@10"], 0, epochs
             best_state = {k: t.clone() for k, t in model.state_dict().items()}
         else:
             bad += 1
         if bad >= args.patience or time.time() - t0 > args.max_minutes * 60:
             break
     train_seconds = time.time() - t0
-    model.load_state_dict(best_state)
+    refit = None
+    if args.refit or args.refit_epochs > 0:
+        # The validation item is each user's most recent training signal, the closest in time to
+        # the test item; a production model would learn from it too. Its count of epochs is the one
+        # validation chose, since nothing is left to validate on.
+        refit_epochs = args.refit_epochs or best_epoch
+        refit_train = {u: list(valid[u][0]) + [valid[u][1]] if u in valid else seq for u, seq in train.items()}
+        model, run_epoch = start(refit_train)
+        t1 = time.time()
+        for epoch in range(refit_epochs):
+            total = run_epoch()
+            print(f"refit epoch {epoch:3d} loss {total:9.2f} ({time.time() - t1:.0f}s)", flush=True)
+        refit = {"epochs": refit_epochs, "train_seconds": round(time.time() - t1, 1)}
+    else:
+        model.load_state_dict(best_state)
     model.eval()
 
     os.makedirs(args.out, exist_ok=True)
@@ -181,7 +212,8 @@ def main():
         print("cpu cost", results["cpu_cost"], flush=True)
         results["state_bytes_per_user"] = sum(4 * int(np.prod([d for d in s["shape"] if d != "batch"])) for s in state_spec)
     results.update({"train_seconds": round(train_seconds, 1), "epochs": epochs,
-                    "valid_full_ndcg@10": round(best, 4), "data": args.data, "data_sha256": ds.sha256})
+                    "valid_full_ndcg@10": round(best, 4), "best_epoch": best_epoch, "data": args.data, "data_sha256": ds.sha256,
+                    **({"refit": refit} if refit else {})})
 
     manifest = {
         "name": name, "version": args.version, "kind": "full", "model_file": "model.onnx",
