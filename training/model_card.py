@@ -70,6 +70,16 @@ def data_description(manifest):
     return f"`{data}`"
 
 
+def refit_note(r):
+    """How the shipped weights were trained when validation only chose the number of epochs."""
+    refit = r.get("refit")
+    if not refit:
+        return ""
+    chosen = "as validation chose" if r["epochs"] else "a count an earlier validation run chose"
+    return (f"; then refitted on the training and validation items for {refit['epochs']} epochs ({chosen}), "
+            f"{refit['train_seconds'] / 60:.1f} min: the weights here are the refit's")
+
+
 def recommender_card(m, r):
     a = m["training"]["args"]
     kind = a["model"]
@@ -118,7 +128,8 @@ def recommender_card(m, r):
         "| split | leave-one-out: last item test, second-to-last validation, the rest training |",
         f"| training | {negatives}, Adam {a['lr']}, batch {a['batch']}, length-bucketed; early stopping on validation NDCG@10 "
         f"(full ranking, {valid_users}, patience {a['patience']}, cap {a['max_minutes']:g} min): "
-        f"{r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min on {a['threads']} CPU thread(s) |",
+        f"{r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min on {a['threads']} CPU thread(s)"
+        f"{refit_note(r)} |",
         f"| command | `python training/train.py --model {kind} --data {a['data']} --out {{dir}} --name {m['name']}"
         f"{'' if m['version'] == '1' else ' --version ' + m['version']}` (+ the non-default flags in `model.json`) |",
         f"| trained with | {provenance(m)} |",

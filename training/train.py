@@ -142,9 +142,11 @@ def main():
             return total
         return model, epoch
 
-    model, run_epoch = start(train)
+    validated = args.refit_epochs <= 0
+    if validated:
+        model, run_epoch = start(train)
     best, best_state, bad, t0, epochs, best_epoch = -1.0, None, 0, time.time(), 0, 0
-    for epoch in range(0 if args.refit_epochs > 0 else args.epochs):
+    for epoch in range(args.epochs if validated else 0):
         total = run_epoch()
         v = evaluate(torch_scores, valid_sample, ds.n_items, args.window, "full")
         epochs = epoch + 1
@@ -164,8 +166,7 @@ def main():
         # the test item; a production model would learn from it too. Its count of epochs is the one
         # validation chose, since nothing is left to validate on.
         refit_epochs = args.refit_epochs or best_epoch
-        refit_train = {u: list(valid[u][0]) + [valid[u][1]] if u in valid else seq for u, seq in train.items()}
-        model, run_epoch = start(refit_train)
+        model, run_epoch = start(D.with_validation_items(train, valid))
         t1 = time.time()
         for epoch in range(refit_epochs):
             total = run_epoch()

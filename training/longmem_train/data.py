@@ -124,6 +124,12 @@ def split(dataset):
     return train, valid, test
 
 
+def with_validation_items(train, valid):
+    """Each training sequence followed by its user's validation item: what a refit learns from once
+    validation has chosen the number of epochs. The test items stay unseen."""
+    return {u: list(valid[u][0]) + [valid[u][1]] if u in valid else seq for u, seq in train.items()}
+
+
 def training_windows(train, window):
     """Every training sequence cut into chunks of `window + 1` (inputs and next-item targets)."""
     out = []

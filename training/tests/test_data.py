@@ -33,6 +33,8 @@ class GsasrecSplit(unittest.TestCase):
         self.assertNotIn("u2", valid)
         self.assertEqual(test["u2"], ([ix["20"], ix["10"]], ix["40"]))
         self.assertEqual(sorted(complete_users(test, ds)), ["u1"])
+        # A refit adds u1's validation item; u2 has none, and no test item is ever added.
+        self.assertEqual(D.with_validation_items(train, valid), {"u1": [ix["10"], ix["20"], ix["30"]], "u2": [ix["20"], ix["10"]]})
 
     def test_malformed_partial_row_is_refused(self):
         with self.assertRaisesRegex(ValueError, "expected `user F|P items"):
@@ -47,6 +49,7 @@ class LeaveOneOut(unittest.TestCase):
         self.assertEqual(valid, {"b": ([1, 2], 3)})
         self.assertEqual(test, {"b": ([1, 2, 3], 4)})
         self.assertEqual(complete_users(test, ds), test)
+        self.assertEqual(D.with_validation_items(train, valid), {"a": [1, 2], "b": [1, 2, 3]})
 
 
 if __name__ == "__main__":

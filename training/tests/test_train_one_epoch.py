@@ -118,6 +118,18 @@ class OneEpoch(unittest.TestCase):
             self.assertIn(f"**{full['ndcg@10']:.4f}**", card)
             self.assertNotIn("## Parity and cost", card)
 
+    def test_sasrec_refit(self):
+        # Validation chooses the epochs, then the model that ships is trained again, from the same
+        # start, on the training and validation items for that many epochs.
+        with tempfile.TemporaryDirectory() as out:
+            manifest, metrics = self.train("sasrec", out, ["--refit", "--epochs", "2", "--patience", "5"])
+            self.assertEqual(metrics["epochs"], 2)
+            self.assertIn(metrics["best_epoch"], (1, 2))
+            self.assertEqual(metrics["refit"]["epochs"], metrics["best_epoch"])
+            self.assertTrue(manifest["training"]["args"]["refit"])
+            self.assertEqual(metrics["parity"]["same_top10_share"], 1.0, metrics["parity"])
+            self.assertIn(f"refitted on the training and validation items for {metrics['best_epoch']} epoch", self.card(out))
+
     def test_gru4rec(self):
         self.check("gru4rec")
 
