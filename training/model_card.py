@@ -70,14 +70,19 @@ def data_description(manifest):
     return f"`{data}`"
 
 
-def refit_note(r):
-    """How the shipped weights were trained when validation only chose the number of epochs."""
+def schedule(a, r, valid_users):
+    """How long it trained, and on what: early stopping on validation, then a refit if asked for."""
     refit = r.get("refit")
-    if not refit:
-        return ""
-    chosen = "as validation chose" if r["epochs"] else "a count an earlier validation run chose"
-    return (f"; then refitted on the training and validation items for {refit['epochs']} epochs ({chosen}), "
-            f"{refit['train_seconds'] / 60:.1f} min: the weights here are the refit's")
+    threads = f"{a['threads']} CPU thread(s)"
+    if refit and not r["epochs"]:
+        return (f"no validation run: trained on the training and validation items for {refit['epochs']} epochs "
+                f"(a count an earlier validation run chose), {refit['train_seconds'] / 60:.1f} min on {threads}")
+    text = (f"early stopping on validation NDCG@10 (full ranking, {valid_users}, patience {a['patience']}, "
+            f"cap {a['max_minutes']:g} min): {r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min on {threads}")
+    if refit:
+        text += (f"; then refitted on the training and validation items for {refit['epochs']} epochs (as validation "
+                 f"chose), {refit['train_seconds'] / 60:.1f} min: the weights here are the refit's")
+    return text
 
 
 def recommender_card(m, r):
@@ -126,10 +131,7 @@ def recommender_card(m, r):
         *([f"| state per user | {r['state_bytes_per_user']:,} bytes: {state} |"] if step else []),
         f"| data | {data_description(m)}; sha256 `{r['data_sha256'][:16]}…` |",
         "| split | leave-one-out: last item test, second-to-last validation, the rest training |",
-        f"| training | {negatives}, Adam {a['lr']}, batch {a['batch']}, length-bucketed; early stopping on validation NDCG@10 "
-        f"(full ranking, {valid_users}, patience {a['patience']}, cap {a['max_minutes']:g} min): "
-        f"{r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min on {a['threads']} CPU thread(s)"
-        f"{refit_note(r)} |",
+        f"| training | {negatives}, Adam {a['lr']}, batch {a['batch']}, length-bucketed; {schedule(a, r, valid_users)} |",
         f"| command | `python training/train.py --model {kind} --data {a['data']} --out {{dir}} --name {m['name']}"
         f"{'' if m['version'] == '1' else ' --version ' + m['version']}` (+ the non-default flags in `model.json`) |",
         f"| trained with | {provenance(m)} |",

@@ -130,6 +130,14 @@ class OneEpoch(unittest.TestCase):
             self.assertEqual(metrics["parity"]["same_top10_share"], 1.0, metrics["parity"])
             self.assertIn(f"refitted on the training and validation items for {metrics['best_epoch']} epoch", self.card(out))
 
+    def test_refit_for_a_given_count_skips_validation(self):
+        with tempfile.TemporaryDirectory() as out:
+            manifest, metrics = self.train("gru4rec", out, ["--refit-epochs", "2"])
+            self.assertEqual((metrics["epochs"], metrics["best_epoch"]), (0, 0))
+            self.assertEqual(metrics["refit"]["epochs"], 2)
+            self.assertEqual(metrics["parity"]["same_top10_share"], 1.0, metrics["parity"])
+            self.assertIn("no validation run: trained on the training and validation items for 2 epochs", self.card(out))
+
     def test_gru4rec(self):
         self.check("gru4rec")
 
