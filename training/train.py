@@ -97,6 +97,8 @@ def main():
         p.error("--loss gbce compares with sampled negatives: give --negatives > 0")
     if not 0.0 <= args.gbce_t <= 1.0:
         p.error("--gbce-t is a share: between 0 and 1")
+    if args.refit_epochs < 0:
+        p.error("--refit-epochs is a number of epochs: give one above 0 (or leave it out)")
     if args.positions == "learned" and args.model != "sasrec":
         p.error("--positions learned is an option of --model sasrec")
 
@@ -213,7 +215,7 @@ def main():
         print("cpu cost", results["cpu_cost"], flush=True)
         results["state_bytes_per_user"] = sum(4 * int(np.prod([d for d in s["shape"] if d != "batch"])) for s in state_spec)
     results.update({"train_seconds": round(train_seconds, 1), "epochs": epochs,
-                    "valid_full_ndcg@10": round(best, 4), "best_epoch": best_epoch, "data": args.data, "data_sha256": ds.sha256,
+                    **({"valid_full_ndcg@10": round(best, 4), "best_epoch": best_epoch} if epochs else {}), "data": args.data, "data_sha256": ds.sha256,
                     **({"refit": refit} if refit else {})})
 
     manifest = {
