@@ -144,7 +144,9 @@ def main():
             return total
         return model, epoch
 
+    # `--refit-epochs` brings its count of epochs: no validation run then.
     validated = args.refit_epochs <= 0
+    refitting = args.refit or not validated
     if validated:
         model, run_epoch = start(train)
     best, best_state, bad, t0, epochs, best_epoch = -1.0, None, 0, time.time(), 0, 0
@@ -163,7 +165,7 @@ def main():
             break
     train_seconds = time.time() - t0
     refit = None
-    if args.refit or args.refit_epochs > 0:
+    if refitting:
         # The validation item is each user's most recent training signal, the closest in time to
         # the test item; a production model would learn from it too. Its count of epochs is the one
         # validation chose, since nothing is left to validate on.
@@ -215,8 +217,11 @@ def main():
         print("cpu cost", results["cpu_cost"], flush=True)
         results["state_bytes_per_user"] = sum(4 * int(np.prod([d for d in s["shape"] if d != "batch"])) for s in state_spec)
     results.update({"train_seconds": round(train_seconds, 1), "epochs": epochs,
-                    **({"valid_full_ndcg@10": round(best, 4), "best_epoch": best_epoch} if epochs else {}), "data": args.data, "data_sha256": ds.sha256,
-                    **({"refit": refit} if refit else {})})
+                    "data": args.data, "data_sha256": ds.sha256})
+    if epochs:
+        results.update({"valid_full_ndcg@10": round(best, 4), "best_epoch": best_epoch})
+    if refit:
+        results["refit"] = refit
 
     manifest = {
         "name": name, "version": args.version, "kind": "full", "model_file": "model.onnx",
