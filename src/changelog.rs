@@ -13,8 +13,12 @@
 //!   partition it advanced (key `o/<topic>\0<partition>`, value the next offset), so a restore
 //!   knows how far the state reaches.
 //! - **In order with the outputs.** A batch's changelog records are produced with its outputs by the
-//!   same idempotent producer; once all are acknowledged, its markers; once those are, sled writes
-//!   the state, the input offsets and the changelog position in one batch ([`crate::pipeline`]).
+//!   same idempotent producer; once all are acknowledged, sled writes the state, the input offsets
+//!   and the changelog position in one batch ([`crate::pipeline`]). Its markers go out after those
+//!   acknowledgements, in front of the next batch's outputs (or on their own when none waits), so a
+//!   batch costs one round trip to the broker. Until its marker lands, a batch is in the store and
+//!   the changelog but not covered: this store resumes after it (it holds the batch), while a
+//!   restore elsewhere leaves its records out and processes its input again.
 //! - **Restored on assignment.** [`Restorer`]: a partition whose store is behind its changelog
 //!   partition (a partition that moved here, a lost volume, a crash between the acknowledgement and
 //!   the sled write) is paused, its changelog read from the store's position to the end and applied,
@@ -220,8 +224,9 @@ pub struct BatchRecords {
     /// produced with the batch's outputs.
     pub records: Vec<Output>,
     /// One offset marker per input partition the batch advanced; produced only once everything
-    /// else of the batch is acknowledged, so a marker in the changelog means the batch's outputs
-    /// are all on the broker (acknowledgements of different partitions come in any order).
+    /// else of the batch is acknowledged (with the next batch's outputs), so a marker in the
+    /// changelog means the batch's outputs are all on the broker (acknowledgements of different
+    /// partitions come in any order).
     pub markers: Vec<Output>,
 }
 

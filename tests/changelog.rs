@@ -187,6 +187,43 @@ fn a_partition_that_moves_keeps_its_memory() {
     );
 }
 
+/// A batch's offset markers follow its acknowledgements: with the next batch's outputs, or on their
+/// own once nothing waits. So an instance that answered everything and is then lost with its disk
+/// leaves every batch covered, and the instance that takes over answers no event again.
+#[test]
+fn an_instance_lost_while_idle_leaves_nothing_to_answer_again() {
+    let broker = Broker::start();
+    let messages = movielens_messages(3_000);
+    let (first, second) = messages.split_at(2_000);
+    let topics = Topics::create(&broker, "idle", 4);
+    let mut reader = broker.reader(&topics.recommendations);
+    let mut records = Vec::new();
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _) = write_config(dir.path(), &broker, &topics, "idle", 64);
+        broker.produce(&topics.input, first);
+        let daemon = Daemon::start(&config);
+        answers(&mut reader, &mut records, first.len());
+        // The last batch's markers leave as soon as it is written; this is ample.
+        std::thread::sleep(Duration::from_secs(2));
+        daemon.kill9();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path(), &broker, &topics, "idle", 64);
+    broker.produce(&topics.input, second);
+    let daemon = Daemon::start(&config);
+    answers(&mut reader, &mut records, messages.len());
+    // Repeats would come with the first answers after the restore; keep reading a moment.
+    reader.poll_into(&mut records, Duration::from_secs(2));
+    assert!(daemon.stop().success());
+    assert_eq!(answered_sources(&records).len(), messages.len());
+    assert_eq!(
+        records.len(),
+        messages.len(),
+        "events of the lost instance were answered again: a batch was left without its marker"
+    );
+}
+
 #[test]
 fn a_changelog_not_co_partitioned_with_the_input_is_refused() {
     let broker = Broker::start();

@@ -9,7 +9,9 @@
 //! 5. rank each event's top K and encode the outputs; produce recommendations, alerts, demand records (purchases that name a location, forwarded to
 //!    their SKU × location's partition), dead letters and the changed records to the changelog, and
 //!    wait for the broker's acknowledgements (on failure: produce the same outputs again; the state
-//!    is still unwritten); then the changelog's offset markers, which say the batch is complete;
+//!    is still unwritten). The changelog's offset markers, which say a batch is complete, follow
+//!    its acknowledgements: in front of the next batch's outputs when that is already waiting
+//!    (one round trip per batch under load), otherwise on their own once the batch is written;
 //! 6. write the changed memories and every partition's next offset to sled in one atomic batch, flush;
 //! 7. commit the offsets to Kafka (for lag monitoring and tools).
 //!
@@ -416,7 +418,8 @@ struct Prepared {
     messages: u64,
     /// Changelog records among the outputs (the last ones).
     changelog_records: u64,
-    /// The changelog's offset markers, produced once the outputs are acknowledged.
+    /// The changelog's offset markers, produced once the outputs are acknowledged (with the next
+    /// batch's outputs, or on their own).
     changelog_markers: Vec<Output>,
 }
 

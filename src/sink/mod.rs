@@ -82,8 +82,8 @@ pub struct Sink {
 
 /// librdkafka defaults for the producer that a user may override in `[kafka.producer]`.
 /// No linger: the finisher enqueues a whole batch's outputs at once and then waits for them, so
-/// lingering adds its time to every batch (twice, with the changelog's markers) and fills no
-/// request that the batch does not fill by itself.
+/// lingering adds its time to every batch and fills no request that the batch does not fill by
+/// itself.
 const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "0"),
     ("compression.type", "lz4"),
