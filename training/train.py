@@ -97,6 +97,8 @@ def main():
         p.error("--loss gbce compares with sampled negatives: give --negatives > 0")
     if not 0.0 <= args.gbce_t <= 1.0:
         p.error("--gbce-t is a share: between 0 and 1")
+    if args.epochs < 1:
+        p.error("--epochs is the most epochs to train: give at least 1")
     if args.refit_epochs < 0:
         p.error("--refit-epochs is a number of epochs: give one above 0 (or leave it out)")
     if args.positions == "learned" and args.model != "sasrec":

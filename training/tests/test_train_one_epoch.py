@@ -139,6 +139,17 @@ class OneEpoch(unittest.TestCase):
             self.assertEqual(metrics["parity"]["same_top10_share"], 1.0, metrics["parity"])
             self.assertIn("no validation run: trained on the training and validation items for 2 epochs", self.card(out))
 
+    def test_counts_of_epochs_below_one_are_refused(self):
+        # No epoch would leave a model untrained (or none at all) to export.
+        for flags, says in ((["--epochs", "0"], "--epochs"), (["--refit-epochs", "-1"], "--refit-epochs")):
+            with tempfile.TemporaryDirectory() as out:
+                args = [sys.executable, os.path.join(TRAINING, "train.py"), "--model", "gru4rec", "--data", TINY,
+                        "--out", out, "--refit", *flags]
+                run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+                self.assertEqual(run.returncode, 2, run.stderr[-2000:])
+                self.assertIn(says, run.stderr)
+                self.assertFalse(os.path.exists(os.path.join(out, "model.onnx")), "a model was exported")
+
     def test_gru4rec(self):
         self.check("gru4rec")
 
