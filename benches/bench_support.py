@@ -74,10 +74,10 @@ def produce_all(bootstrap, topic, keyed_events):
         sys.exit("the producer could not deliver every event")
 
 
-def produce_paced(bootstrap, topic, rate, stop, message):
+def produce_paced(bootstrap, topic, rate, stop, message, linger_ms=2):
     """Produces `message(n)` -> (key bytes, value bytes) for n = 0, 1, ... at `rate` per second until
     the `stop` event is set, then waits for delivery. Run it on a thread of its own."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms})
     sent, started = 0, time.time()
     while not stop.is_set():
         due = int((time.time() - started) * rate)
