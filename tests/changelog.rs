@@ -224,6 +224,44 @@ fn an_instance_lost_while_idle_leaves_nothing_to_answer_again() {
     );
 }
 
+/// A clean stop records the last batches' markers, which went out on their own after the store was
+/// written: the store is left at its changelog's end, and a restart has nothing to read.
+#[test]
+fn a_clean_stop_leaves_the_store_at_its_changelogs_end() {
+    let broker = Broker::start();
+    let messages = movielens_messages(1_000);
+    let topics = Topics::create(&broker, "clean", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path(), &broker, &topics, "clean", 64);
+    broker.produce(&topics.input, &messages);
+    let daemon = Daemon::start(&config);
+    let mut reader = broker.reader(&topics.recommendations);
+    answers(&mut reader, &mut Vec::new(), messages.len());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(daemon.stop().success());
+
+    let mut entries = Vec::new();
+    broker
+        .reader("clean.memory-changelog")
+        .poll_into(&mut entries, Duration::from_secs(5));
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for r in &entries {
+        let end = ends.entry(r.partition).or_default();
+        *end = (*end).max(r.offset + 1);
+    }
+    assert_eq!(ends.len(), 4, "every changelog partition has records");
+    let store = longmem::memory::Store::open_existing(&dir.path().join("store"), 1 << 20).unwrap();
+    for (partition, end) in ends {
+        assert_eq!(
+            store
+                .changelog_position("clean.memory-changelog", partition)
+                .unwrap(),
+            Some(end),
+            "changelog partition {partition}: the store does not reach its end"
+        );
+    }
+}
+
 #[test]
 fn a_changelog_not_co_partitioned_with_the_input_is_refused() {
     let broker = Broker::start();

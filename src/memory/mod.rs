@@ -685,6 +685,24 @@ impl Store {
         Ok(())
     }
 
+    /// Moves a changelog partition's position from `from` to `to` only if the store is at `from`
+    /// (compare and swap): the records between are offset markers of batches it holds. `false`
+    /// when it was elsewhere (records came after it, or a restore moved it), and nothing changed.
+    pub fn changelog_skip_markers(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+    ) -> Result<bool, StoreError> {
+        let swapped = self.tree.compare_and_swap(
+            changelog_key(topic, partition),
+            Some(&(from as u64).to_be_bytes()[..]),
+            Some(&(to as u64).to_be_bytes()[..]),
+        )?;
+        Ok(swapped.is_ok())
+    }
+
     /// Makes everything applied so far durable (one fsync).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;

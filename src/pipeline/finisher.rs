@@ -24,9 +24,7 @@ impl Finisher<'_> {
         handed: mpsc::Receiver<Result<Prepared, PipelineError>>,
         report: mpsc::Sender<Finished>,
     ) {
-        // The offset markers of the last written batch, when the next batch was already waiting:
-        // they go out in front of its outputs, in the same round trip.
-        let mut carried: Vec<Output> = Vec::new();
+        let mut markers = Markers::default();
         let mut waiting = None;
         loop {
             let Some(prepared) = waiting.take().or_else(|| handed.recv().ok()) else {
@@ -34,7 +32,7 @@ impl Finisher<'_> {
             };
             self.stats.busy_begin();
             let mut finished = match prepared {
-                Ok(mut prepared) => self.finish(&mut prepared, &mut carried),
+                Ok(mut prepared) => self.finish(&mut prepared, &mut markers),
                 Err(e) => Finished::Failed(e),
             };
             if matches!(finished, Finished::Written(_)) {
@@ -42,7 +40,7 @@ impl Finisher<'_> {
                     Ok(next) => waiting = Some(next),
                     // Nothing waiting: the markers go now, after the batch is answered and written.
                     Err(_) => {
-                        if let Err(e) = self.deliver_markers(&mut carried) {
+                        if let Err(e) = self.deliver_markers(&mut markers) {
                             finished = Finished::Failed(e);
                         }
                     }
@@ -61,15 +59,16 @@ impl Finisher<'_> {
                 return;
             }
         }
+        self.record_trailing_markers(&markers);
     }
 
-    /// `carried`: the previous batch's offset markers, produced in front of this batch's outputs;
+    /// The previous batch's carried markers are produced in front of this batch's outputs and
     /// replaced by this batch's own. Markers lost with a batch that fails are no loss: a marker
     /// says how far its input partition is processed, and each later one says more.
-    fn finish(&self, p: &mut Prepared, carried: &mut Vec<Output>) -> Finished {
+    fn finish(&self, p: &mut Prepared, markers: &mut Markers) -> Finished {
         // 5. produce and wait for acknowledgements
         let t = Instant::now();
-        let mut outputs = std::mem::take(carried);
+        let mut outputs = std::mem::take(&mut markers.carried);
         let carried_markers = outputs.len();
         outputs.append(&mut p.outputs);
         let delivered = match self.sink.deliver(&outputs, self.shutdown) {
@@ -79,14 +78,15 @@ impl Finisher<'_> {
         // This batch's markers wait for its outputs' acknowledgements: one in the changelog means
         // every output of its batch is on the broker (a restore trusts the batch's records and
         // offsets from it).
-        *carried = std::mem::take(&mut p.changelog_markers);
+        markers.carried = std::mem::take(&mut p.changelog_markers);
         // The store records how far each changelog partition holds its records, in the same
         // write as the state.
         if let Some(topic) = self.changelog {
             let first_record = delivered.len() - p.changelog_records as usize;
-            let markers = delivered[..carried_markers].iter();
-            for (partition, offset) in markers.chain(&delivered[first_record..]) {
+            let carried = delivered[..carried_markers].iter();
+            for (partition, offset) in carried.chain(&delivered[first_record..]) {
                 p.writes.changelog_reached(topic, *partition, offset + 1);
+                markers.unrecorded.remove(partition);
             }
             metrics::record_changelog_produced(p.changelog_records + carried_markers as u64);
         }
@@ -138,17 +138,26 @@ impl Finisher<'_> {
 
     /// Produces the last batch's offset markers on their own (no batch is waiting to carry them).
     /// A marker that cannot be produced (stopping) is left out: the next batch's markers cover its
-    /// batch too. The store's changelog position is not moved past them: the partition's next
-    /// batch moves it past its own records, and a restart before that reads the markers again (a
-    /// few records): cheaper than a store write for them, which cost 5% of the drain rate.
-    fn deliver_markers(&self, carried: &mut Vec<Output>) -> Result<(), PipelineError> {
-        let markers = std::mem::take(carried);
-        if markers.is_empty() {
+    /// batch too. The store's changelog position is not moved past them here (a store write per
+    /// batch cost 5% of the drain rate): the partition's next batch moves it past its own records,
+    /// a clean stop records them ([`Finisher::record_trailing_markers`]), and a restart after a
+    /// crash reads them again (a few records).
+    fn deliver_markers(&self, markers: &mut Markers) -> Result<(), PipelineError> {
+        let sending = std::mem::take(&mut markers.carried);
+        if sending.is_empty() {
             return Ok(());
         }
-        match self.sink.deliver(&markers, self.shutdown) {
-            Ok(_) => {
-                metrics::record_changelog_produced(markers.len() as u64);
+        match self.sink.deliver(&sending, self.shutdown) {
+            Ok(delivered) => {
+                metrics::record_changelog_produced(sending.len() as u64);
+                for (partition, offset) in delivered {
+                    let (first, next) = markers
+                        .unrecorded
+                        .entry(partition)
+                        .or_insert((offset, offset + 1));
+                    *first = (*first).min(offset);
+                    *next = (*next).max(offset + 1);
+                }
                 Ok(())
             }
             Err(e) if e.is_permanent() => Err(e.into()),
@@ -158,6 +167,38 @@ impl Finisher<'_> {
             }
         }
     }
+
+    /// At a clean stop: moves the store's changelog position past the markers that went out on
+    /// their own, where it still stands right before them, so that a restart finds the store
+    /// current and reads nothing.
+    fn record_trailing_markers(&self, markers: &Markers) {
+        let Some(topic) = self.changelog else {
+            return;
+        };
+        for (&partition, &(first, next)) in &markers.unrecorded {
+            if let Err(e) = self
+                .store
+                .changelog_skip_markers(topic, partition, first, next)
+            {
+                tracing::warn!(error = %e, "cannot record the last offset markers in the store; a restart reads them again");
+                return;
+            }
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::warn!(error = %e, "cannot flush the store at stop; a restart reads the last offset markers again");
+        }
+    }
+}
+
+/// A batch's offset markers between its acknowledgement and the store's record of them.
+#[derive(Default)]
+struct Markers {
+    /// The last written batch's, when the next batch was already waiting: they go out in front of
+    /// its outputs, in the same round trip.
+    carried: Vec<Output>,
+    /// Changelog partitions whose last records are markers that went out on their own, past the
+    /// store's position: (the first one's offset, the offset after the last).
+    unrecorded: BTreeMap<i32, (i64, i64)>,
 }
 
 /// A batch whose `what` could not be delivered: a permanent refusal stops the pipeline with the
