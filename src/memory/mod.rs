@@ -789,6 +789,23 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn markers_are_skipped_only_from_where_the_store_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+        let mut batch = StoreBatch::default();
+        batch.changelog_reached("log", 2, 5);
+        store.commit(&batch).unwrap();
+        // Records came after 3 (the store is at 5): the markers from 3 are not all that follows.
+        assert!(!store.changelog_skip_markers("log", 2, 3, 7).unwrap());
+        assert_eq!(store.changelog_position("log", 2).unwrap(), Some(5));
+        assert!(store.changelog_skip_markers("log", 2, 5, 7).unwrap());
+        assert_eq!(store.changelog_position("log", 2).unwrap(), Some(7));
+        // A partition this store never held is left alone.
+        assert!(!store.changelog_skip_markers("log", 1, 0, 2).unwrap());
+        assert_eq!(store.changelog_position("log", 1).unwrap(), None);
+    }
+
+    #[test]
     fn a_damaged_offset_record_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
