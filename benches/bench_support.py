@@ -99,17 +99,27 @@ def create_topics(bootstrap, names, partitions):
         f.result(30)
 
 
-def metric(addr, name):
-    """Sum of a metric's series on the daemon's /metrics page, or None while it does not answer."""
+def metrics_page(addr):
+    """The daemon's /metrics page, or None while it does not answer."""
     try:
-        body = urllib.request.urlopen(f"http://{addr}/metrics", timeout=2).read().decode()
+        return urllib.request.urlopen(f"http://{addr}/metrics", timeout=2).read().decode()
     except OSError:
         return None
+
+
+def series_sum(page, name):
+    """Sum of a metric's series on a /metrics page."""
     total = 0.0
-    for line in body.splitlines():
+    for line in page.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def metric(addr, name):
+    """Sum of a metric's series on the daemon's /metrics page, or None while it does not answer."""
+    page = metrics_page(addr)
+    return None if page is None else series_sum(page, name)
 
 
 def rss_mib(pid):

@@ -30,25 +30,28 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 
-from bench_support import (REPO, broker, click, create_topics, free_port, metric, movielens_events, produce_all,
-                           produce_paced, stop, write_daemon_config)
+from bench_support import (REPO, broker, click, create_topics, free_port, metric, metrics_page, movielens_events,
+                           produce_all, produce_paced, series_sum, stop, write_daemon_config)
 
 HISTOGRAM = "longmem_end_to_end_latency_seconds"
+CONSUMED = "longmem_events_consumed_total"
 DAEMON_CORE, LOAD_CORE = 0, 1
 
 
-def buckets(addr):
-    """{upper bound in s: cumulative count} of the daemon's end-to-end histogram, all series summed."""
-    body = urllib.request.urlopen(f"http://{addr}/metrics", timeout=2).read().decode()
-    out = {}
-    for line in body.splitlines():
+def reading(addr):
+    """(the daemon's end-to-end histogram as {upper bound in s: cumulative count}, all series summed;
+    events consumed), from one read of its /metrics page."""
+    page = metrics_page(addr)
+    if page is None:
+        raise SystemExit(f"the daemon's metrics ({addr}) do not answer")
+    counts = {}
+    for line in page.splitlines():
         if line.startswith(HISTOGRAM + "_bucket"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             bound = float("inf") if le == "+Inf" else float(le)
-            out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
-    return out
+            counts[bound] = counts.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts, series_sum(page, CONSUMED)
 
 
 def quantile(counts, q):
@@ -118,7 +121,9 @@ def main():
         first = None
         deadline = time.time() + 600
         while time.time() < deadline:
-            consumed = metric(metrics_addr, "longmem_events_consumed_total") or 0
+            if daemon.poll() is not None:
+                raise SystemExit(f"the daemon exited with {daemon.returncode}")
+            consumed = metric(metrics_addr, CONSUMED) or 0
             now = time.time()
             if consumed and first is None:
                 first = (now, consumed)
@@ -145,9 +150,9 @@ def main():
                                         args=(bootstrap, topics["events"], rate, stop_event, message, args.linger_ms))
             producer.start()
             time.sleep(1.0)  # warm-up: not measured
-            before, consumed_before, t0 = buckets(metrics_addr), metric(metrics_addr, "longmem_events_consumed_total"), time.time()
+            (before, consumed_before), t0 = reading(metrics_addr), time.time()
             time.sleep(args.seconds)
-            after, consumed_after, t1 = buckets(metrics_addr), metric(metrics_addr, "longmem_events_consumed_total"), time.time()
+            (after, consumed_after), t1 = reading(metrics_addr), time.time()
             stop_event.set()
             producer.join()
             offset += int(rate * (args.seconds + 2)) + 1
