@@ -70,6 +70,13 @@ def data_description(manifest):
     return f"`{data}`"
 
 
+def learning_rate_schedule(a):
+    """How the learning rate moved; nothing to say for a constant one (and older manifests)."""
+    if a.get("schedule", "constant") == "cosine":
+        return f" falling to 0 along a half cosine over {a['epochs']} epochs"
+    return ""
+
+
 def schedule(a, r, valid_users):
     """How long it trained, and on what: early stopping on validation, then a refit if asked for."""
     refit = r.get("refit")
@@ -131,7 +138,7 @@ def recommender_card(m, r):
         *([f"| state per user | {r['state_bytes_per_user']:,} bytes: {state} |"] if step else []),
         f"| data | {data_description(m)}; sha256 `{r['data_sha256'][:16]}…` |",
         "| split | leave-one-out: last item test, second-to-last validation, the rest training |",
-        f"| training | {negatives}, Adam {a['lr']}, batch {a['batch']}, length-bucketed; {schedule(a, r, valid_users)} |",
+        f"| training | {negatives}, Adam {a['lr']}{learning_rate_schedule(a)}, batch {a['batch']}, length-bucketed; {schedule(a, r, valid_users)} |",
         f"| command | `python training/train.py --model {kind} --data {a['data']} --out {{dir}} --name {m['name']}"
         f"{'' if m['version'] == '1' else ' --version ' + m['version']}` (+ the non-default flags in `model.json`) |",
         f"| trained with | {provenance(m)} |",

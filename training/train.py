@@ -45,6 +45,15 @@ def length_buckets(windows, lengths, batch_size, pool_batches=64):
         yield windows[idx][:, -longest:]
 
 
+def learning_rate(base, schedule, progress, total_epochs):
+    """The learning rate after `progress` epochs (fractional). A cosine schedule is a function of
+    progress through the --epochs budget, not of the validation run, so a refit that trains the
+    epochs validation chose follows the curve the chosen weights were trained on."""
+    if schedule == "constant":
+        return base
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress / total_epochs)))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(RECOMMENDERS), required=True)
@@ -78,6 +87,9 @@ def main():
                    help="score items with an embedding table of their own instead of the input embeddings")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="cosine: the learning rate falls from --lr to 0 along a half cosine over --epochs epochs "
+                        "(a refit follows the same curve for the epochs it trains)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--max-minutes", type=float, default=55.0, help="stop training after this long")
@@ -134,14 +146,21 @@ def main():
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
         print(f"training windows={len(windows)}", flush=True)
 
+        trained = 0
+
         def epoch():
+            nonlocal trained
             model.train()
             total = 0.0
-            for batch in length_buckets(windows, lengths, args.batch):
+            batches = list(length_buckets(windows, lengths, args.batch))
+            for i, batch in enumerate(batches):
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(args.lr, args.schedule, trained + i / len(batches), args.epochs)
                 loss_sum, _ = training_loss(model, batch, args)
                 loss = loss_sum / per_batch
                 opt.zero_grad(); loss.backward(); opt.step()
                 total += float(loss.detach())
+            trained += 1
             model.eval()
             return total
         return model, epoch

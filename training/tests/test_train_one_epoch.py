@@ -130,6 +130,15 @@ class OneEpoch(unittest.TestCase):
             self.assertEqual(metrics["parity"]["same_top10_share"], 1.0, metrics["parity"])
             self.assertIn(f"refitted on the training and validation items for {metrics['best_epoch']} epoch", self.card(out))
 
+    def test_cosine_schedule_and_its_refit(self):
+        # The refit trains the epochs validation chose along the same curve, and the card says so.
+        with tempfile.TemporaryDirectory() as out:
+            manifest, metrics = self.train("sasrec", out, ["--schedule", "cosine", "--refit", "--epochs", "2", "--patience", "5"])
+            self.assertEqual(manifest["training"]["args"]["schedule"], "cosine")
+            self.assertEqual(metrics["refit"]["epochs"], metrics["best_epoch"])
+            self.assertEqual(metrics["parity"]["same_top10_share"], 1.0, metrics["parity"])
+            self.assertIn("Adam 0.001 falling to 0 along a half cosine over 2 epochs", self.card(out))
+
     def test_refit_for_a_given_count_skips_validation(self):
         with tempfile.TemporaryDirectory() as out:
             manifest, metrics = self.train("gru4rec", out, ["--refit-epochs", "2"])
