@@ -43,7 +43,10 @@ use rdkafka::Message;
 use crate::checkpoint::Partition;
 use crate::config::Config;
 use crate::memory::STORE_FORMAT;
-use crate::memory::{offset_key, RecordKey, RecordOwner, Store, StoreBatch, StoreError};
+use crate::memory::{
+    offset_key, position_bytes, read_position, RecordKey, RecordOwner, Store, StoreBatch,
+    StoreError,
+};
 use crate::metrics::{self, Health};
 use crate::shutdown::Shutdown;
 use crate::sink::Output;
@@ -268,7 +271,7 @@ pub fn records(
         .map(|(input, partition, next)| Output {
             topic: topic.to_string(),
             key: Some(offset_key(input, partition)),
-            payload: (next as u64).to_be_bytes().to_vec(),
+            payload: position_bytes(next).to_vec(),
             partition: Some(partition),
             headers: stamps.get(&partition).cloned().unwrap_or_default(),
         })
@@ -341,11 +344,10 @@ impl Replay {
     fn read(&mut self, offset: i64, key: Vec<u8>, value: Vec<u8>, stamps: Vec<(String, i32, i64)>) {
         match RecordKey::parse(&key) {
             Some(RecordKey::Offset(topic, partition)) => {
-                let Ok(bytes) = <[u8; 8]>::try_from(value.as_slice()) else {
+                let Some(next) = read_position(&value) else {
                     tracing::warn!(offset, "an offset marker that is not 8 bytes; skipped");
                     return;
                 };
-                let next = u64::from_be_bytes(bytes) as i64;
                 let reached = self.reached.entry(topic.to_string()).or_insert(next);
                 *reached = (*reached).max(next);
                 let slot = self
@@ -894,7 +896,7 @@ mod tests {
     use super::*;
 
     fn marker(topic: &str, next: i64) -> (Vec<u8>, Vec<u8>) {
-        (offset_key(topic, 0), (next as u64).to_be_bytes().to_vec())
+        (offset_key(topic, 0), position_bytes(next).to_vec())
     }
 
     fn replay(reached: &[(&str, i64)]) -> Replay {

@@ -363,6 +363,17 @@ pub fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     partition_key(b"o/", topic, partition)
 }
 
+/// A position (the next offset to read) as the store keeps it and an offset marker carries it:
+/// eight bytes, big endian.
+pub fn position_bytes(next: i64) -> [u8; 8] {
+    (next as u64).to_be_bytes()
+}
+
+/// The position in [`position_bytes`]' encoding; `None` when it is not eight bytes.
+pub fn read_position(bytes: &[u8]) -> Option<i64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?) as i64)
+}
+
 /// `<prefix><topic>\0<partition, big endian>`.
 fn partition_key(prefix: &[u8], topic: &str, partition: i32) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + topic.len() + 5);
@@ -646,15 +657,12 @@ impl Store {
         let Some(v) = self.tree.get(key)? else {
             return Ok(None);
         };
-        let bytes: [u8; 8] = v
-            .as_ref()
-            .try_into()
-            .map_err(|_| StoreError::CorruptOffset {
-                topic: topic.to_string(),
-                partition,
-                len: v.len(),
-            })?;
-        Ok(Some(u64::from_be_bytes(bytes) as i64))
+        let next = read_position(&v).ok_or_else(|| StoreError::CorruptOffset {
+            topic: topic.to_string(),
+            partition,
+            len: v.len(),
+        })?;
+        Ok(Some(next))
     }
 
     /// Applies restored changelog records (store key, encoded record), the input offsets they reach
@@ -674,13 +682,10 @@ impl Store {
             b.insert(key.as_slice(), value.as_slice());
         }
         for (topic, partition, next) in next_offsets {
-            b.insert(offset_key(topic, *partition), &(*next as u64).to_be_bytes());
+            b.insert(offset_key(topic, *partition), &position_bytes(*next));
         }
         let (topic, partition, next) = changelog;
-        b.insert(
-            changelog_key(topic, partition),
-            &(next as u64).to_be_bytes(),
-        );
+        b.insert(changelog_key(topic, partition), &position_bytes(next));
         self.tree.apply_batch(b)?;
         Ok(())
     }
@@ -697,8 +702,8 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let swapped = self.tree.compare_and_swap(
             changelog_key(topic, partition),
-            Some(&(from as u64).to_be_bytes()[..]),
-            Some(&(to as u64).to_be_bytes()[..]),
+            Some(&position_bytes(from)[..]),
+            Some(&position_bytes(to)[..]),
         )?;
         Ok(swapped.is_ok())
     }
@@ -720,16 +725,10 @@ impl Store {
             b.insert(sku_key(sku, location), bytes);
         }
         for ((topic, partition), offset) in &batch.next_offsets {
-            b.insert(
-                offset_key(topic, *partition),
-                &(*offset as u64).to_be_bytes(),
-            );
+            b.insert(offset_key(topic, *partition), &position_bytes(*offset));
         }
         for ((topic, partition), next) in &batch.changelog_next {
-            b.insert(
-                changelog_key(topic, *partition),
-                &(*next as u64).to_be_bytes(),
-            );
+            b.insert(changelog_key(topic, *partition), &position_bytes(*next));
         }
         self.tree.apply_batch(b)?;
         self.db.flush()?;
