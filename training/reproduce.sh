@@ -19,8 +19,9 @@ $PY training/train.py --model memory  --data $ML100K --out models/memory-ml100k 
 # better than 0.2, and d = 128, which validated 4.5% better than 64 on every user's validation item
 # (a 5,000-user sample could not tell them apart, so Games validates on all). Once validation has
 # chosen the epochs, it is refitted with every user's validation item too, 16% more training targets
-# and the most recent ones (models/README.md, "Ablation").
-$PY training/train.py --model sasrec  --data $GAMES  --out models/sasrec-games   --name sasrec-games --version 5 --dropout 0.5 --dim 128 --valid-users 0 --max-minutes 180 --refit "$@"
+# and the most recent ones. Its learning rate falls to 0 over 20 epochs along a half cosine, which
+# validated 1.8% better than a constant one (models/README.md, "Ablation").
+$PY training/train.py --model sasrec  --data $GAMES  --out models/sasrec-games   --name sasrec-games --version 6 --dropout 0.5 --dim 128 --valid-users 0 --max-minutes 180 --refit --schedule cosine --epochs 20 "$@"
 $PY training/train.py --model memory  --data $GAMES  --out models/memory-games   --name memory-games --version 2 --max-minutes 180 "$@"
 $PY training/train.py --model gru4rec --data $GAMES  --out models/gru4rec-games  --name gru4rec-games --version 2 --max-minutes 180 "$@"
 # MovieLens-1M's long sequences (165 items on average) take d = 128, which validated 5% better than
