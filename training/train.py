@@ -146,21 +146,18 @@ def main():
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
         print(f"training windows={len(windows)}", flush=True)
 
-        trained = 0
-
-        def epoch():
-            nonlocal trained
+        def epoch(done):
+            """One epoch, after `done` epochs of this model (where the learning rate's schedule stands)."""
             model.train()
             total = 0.0
             batches = list(length_buckets(windows, lengths, args.batch))
             for i, batch in enumerate(batches):
                 for group in opt.param_groups:
-                    group["lr"] = learning_rate(args.lr, args.schedule, trained + i / len(batches), args.epochs)
+                    group["lr"] = learning_rate(args.lr, args.schedule, done + i / len(batches), args.epochs)
                 loss_sum, _ = training_loss(model, batch, args)
                 loss = loss_sum / per_batch
                 opt.zero_grad(); loss.backward(); opt.step()
                 total += float(loss.detach())
-            trained += 1
             model.eval()
             return total
         return model, epoch
@@ -172,7 +169,7 @@ def main():
         model, run_epoch = start(train)
     best, best_state, bad, t0, epochs, best_epoch = -1.0, None, 0, time.time(), 0, 0
     for epoch in range(args.epochs if validated else 0):
-        total = run_epoch()
+        total = run_epoch(epoch)
         v = evaluate(torch_scores, valid_sample, ds.n_items, args.window, "full")
         epochs = epoch + 1
         print(f"epoch {epoch:3d} loss {total:9.2f} valid(full) HR@10 {v['hr@10']:.4f} NDCG@10 {v['ndcg@10']:.4f} "
@@ -194,7 +191,7 @@ def main():
         model, run_epoch = start(D.with_validation_items(train, valid))
         t1 = time.time()
         for epoch in range(refit_epochs):
-            total = run_epoch()
+            total = run_epoch(epoch)
             print(f"refit epoch {epoch:3d} loss {total:9.2f} ({time.time() - t1:.0f}s)", flush=True)
         refit = {"epochs": refit_epochs, "train_seconds": round(time.time() - t1, 1)}
     else:
