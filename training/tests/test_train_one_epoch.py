@@ -118,11 +118,11 @@ class OneEpoch(unittest.TestCase):
             self.assertIn(f"**{full['ndcg@10']:.4f}**", card)
             self.assertNotIn("## Parity and cost", card)
 
-    def test_sasrec_refit(self):
+    def test_sasrec_refits_by_default(self):
         # Validation chooses the epochs, then the model that ships is trained again, from the same
-        # start, on the training and validation items for that many epochs.
+        # start, on the training and validation items for that many epochs: SASRec's default.
         with tempfile.TemporaryDirectory() as out:
-            manifest, metrics = self.train("sasrec", out, ["--refit", "--epochs", "2", "--patience", "5"])
+            manifest, metrics = self.train("sasrec", out, ["--epochs", "2", "--patience", "5"])
             self.assertEqual(metrics["epochs"], 2)
             self.assertIn(metrics["best_epoch"], (1, 2))
             self.assertEqual(metrics["refit"]["epochs"], metrics["best_epoch"])
@@ -139,6 +139,15 @@ class OneEpoch(unittest.TestCase):
             self.assertEqual(metrics["parity"]["same_top10_share"], 1.0, metrics["parity"])
             self.assertIn("Adam 0.001 falling to 0 along a half cosine over 2 epochs", self.card(out))
 
+    def test_no_refit_where_not_asked(self):
+        # --no-refit ships the epoch validation chose; the recurrent models refit only when asked.
+        for model, extra in (("sasrec", ["--no-refit"]), ("gru4rec", [])):
+            with tempfile.TemporaryDirectory() as out:
+                manifest, metrics = self.train(model, out, extra)
+                self.assertNotIn("refit", metrics)
+                self.assertFalse(manifest["training"]["args"]["refit"])
+                self.assertNotIn("refitted", self.card(out))
+
     def test_refit_for_a_given_count_skips_validation(self):
         with tempfile.TemporaryDirectory() as out:
             manifest, metrics = self.train("gru4rec", out, ["--refit-epochs", "2"])
@@ -148,12 +157,14 @@ class OneEpoch(unittest.TestCase):
             self.assertEqual(metrics["parity"]["same_top10_share"], 1.0, metrics["parity"])
             self.assertIn("no validation run: trained on the training and validation items for 2 epochs", self.card(out))
 
-    def test_counts_of_epochs_below_one_are_refused(self):
-        # No epoch would leave a model untrained (or none at all) to export.
-        for flags, says in ((["--epochs", "0"], "--epochs"), (["--refit-epochs", "-1"], "--refit-epochs")):
+    def test_counts_of_epochs_below_one_and_contradictions_are_refused(self):
+        # No epoch would leave a model untrained (or none at all) to export; --no-refit with
+        # --refit-epochs asks for a refit and for none.
+        for flags, says in ((["--epochs", "0"], "--epochs"), (["--refit-epochs", "-1"], "--refit-epochs"),
+                            (["--no-refit", "--refit-epochs", "2"], "--no-refit")):
             with tempfile.TemporaryDirectory() as out:
                 args = [sys.executable, os.path.join(TRAINING, "train.py"), "--model", "gru4rec", "--data", TINY,
-                        "--out", out, "--refit", *flags]
+                        "--out", out, *flags]
                 run = subprocess.run(args, capture_output=True, text=True, timeout=300)
                 self.assertEqual(run.returncode, 2, run.stderr[-2000:])
                 self.assertIn(says, run.stderr)
