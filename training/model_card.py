@@ -84,8 +84,9 @@ def schedule(a, r, valid_users):
     if refit and not r["epochs"]:
         return (f"no validation run: trained on the training and validation items for {refit['epochs']} epochs "
                 f"(a count an earlier validation run chose), {refit['train_seconds'] / 60:.1f} min on {threads}")
+    cap = f"cap {a['max_minutes']:g} min" if a["max_minutes"] > 0 else "no time cap"
     text = (f"early stopping on validation NDCG@10 (full ranking, {valid_users}, patience {a['patience']}, "
-            f"cap {a['max_minutes']:g} min): {r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min on {threads}")
+            f"{cap}): {r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min on {threads}")
     if refit:
         text += (f"; then refitted on the training and validation items for {refit['epochs']} epochs (as validation "
                  f"chose), {refit['train_seconds'] / 60:.1f} min: the weights here are the refit's")

@@ -85,6 +85,7 @@ class OneEpoch(unittest.TestCase):
             card = self.card(out)
             self.assertIn(f"**{full['ndcg@10']:.4f}**", card)
             self.assertIn("## Parity and cost", card)
+            self.assertIn("no time cap", card)   # patience or --epochs ends training, not the clock
             return manifest
 
     def test_sasrec(self):
