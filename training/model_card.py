@@ -106,12 +106,13 @@ def recommender_card(m, r):
     if a.get("separate_output"):
         arch += "; items scored with an output embedding table of their own"
     step = m.get("step")
+    per = "training sequence" if a.get("negative_draw") == "sequence" else "batch"
     if a.get("loss") == "gbce":
-        negatives = f"gBCE (t = {a['gbce_t']}), {a['negatives']} uniform negatives per batch"
+        negatives = f"gBCE (t = {a['gbce_t']}), {a['negatives']} uniform negatives per {per}"
     elif a["negatives"] <= 0:
         negatives = "softmax over every item"
     else:
-        negatives = f"sampled softmax, {a['negatives']} uniform negatives per batch"
+        negatives = f"sampled softmax, {a['negatives']} uniform negatives per {per}"
     if "candidates" in m:
         answer = f"the top {m['candidates']} candidates and all scores"
         step_answer = f"new state + top {m['candidates']}"

@@ -90,6 +90,8 @@ def main():
                    help="softmax: 0 (the default) compares with every item, which ranked best in models/README.md's "
                         "ablation; N > 0 with N uniformly sampled items per batch, cheaper per step on very large "
                         "catalogues. gbce: the sampled negatives (default 256)")
+    p.add_argument("--negative-draw", choices=["batch", "sequence"], default="batch",
+                   help="sampled negatives: one draw shared by the batch, or one for each training sequence")
     p.add_argument("--gbce-t", type=float, default=0.75, help="gBCE's calibration t in [0, 1] (0: plain BCE)")
     p.add_argument("--separate-output", action="store_true",
                    help="score items with an embedding table of their own instead of the input embeddings")

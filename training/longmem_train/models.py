@@ -543,21 +543,27 @@ class StepGraph(nn.Module):
         return (top_items, top_scores, scores, *new_state)
 
 
-def sampled_logits(model, batch, negatives):
+def sampled_logits(model, batch, negatives, draw="batch"):
     """Each position's next-item logit, [B, W], and its logits against `negatives` items drawn
-    uniformly from the catalogue for the batch, [B, W, N] (a draw equal to the position's own next
-    item is masked to -inf), and the mask of positions with a next item."""
+    uniformly from the catalogue, [B, W, N] (a draw equal to the position's own next item is masked
+    to -inf), and the mask of positions with a next item. `draw` "batch" shares one draw across the
+    batch; "sequence" draws for each training sequence, so the batch meets B times as many items
+    (gSASRec draws for each position; per sequence keeps the cost of one shared draw)."""
     inp, pos = batch[:, :-1], batch[:, 1:]
     hidden = model.encode(inp)                                                   # [B, W, D]
     emb = output_embedding(model)
-    neg = torch.randint(1, model.n_items + 1, (negatives,), device=batch.device)
     pos_logit = (hidden * emb(pos)).sum(-1)                                      # [B, W]
-    neg_logit = hidden @ emb(neg).T                                              # [B, W, N]
-    neg_logit = neg_logit.masked_fill(neg.view(1, 1, -1) == pos.unsqueeze(-1), float("-inf"))
+    if draw == "sequence":
+        neg = torch.randint(1, model.n_items + 1, (batch.shape[0], 1, negatives), device=batch.device)
+        neg_logit = torch.bmm(hidden, emb(neg[:, 0]).transpose(1, 2))            # [B, W, N]
+    else:
+        neg = torch.randint(1, model.n_items + 1, (1, 1, negatives), device=batch.device)
+        neg_logit = hidden @ emb(neg[0, 0]).T                                    # [B, W, N]
+    neg_logit = neg_logit.masked_fill(neg == pos.unsqueeze(-1), float("-inf"))
     return pos_logit, neg_logit, pos > 0
 
 
-def sampled_softmax_loss(model, batch, negatives):
+def sampled_softmax_loss(model, batch, negatives, draw="batch"):
     """Summed cross-entropy of each next item against `negatives` uniformly sampled items, or against
     the whole catalogue when `negatives` is 0 (slower per step; known to rank better under full
     ranking), and the number of predictions summed. The caller divides by a constant, not by this
@@ -568,7 +574,7 @@ def sampled_softmax_loss(model, batch, negatives):
         real = pos > 0
         logits = F.linear(hidden[real], output_embedding(model).weight[1:])     # [R, n_items]
         return F.cross_entropy(logits, pos[real] - 1, reduction="sum"), int(real.sum())
-    pos_logit, neg_logit, real = sampled_logits(model, batch, negatives)
+    pos_logit, neg_logit, real = sampled_logits(model, batch, negatives, draw)
     logits = torch.cat([pos_logit.unsqueeze(-1), neg_logit], dim=-1)
     loss = F.cross_entropy(logits.reshape(-1, 1 + negatives), torch.zeros(logits.shape[0] * logits.shape[1], dtype=torch.long, device=batch.device), reduction="none")
     return (loss * real.reshape(-1).float()).sum(), int(real.sum())
@@ -582,14 +588,14 @@ def gbce_beta(negatives, n_items, t):
     return alpha * (t * (1 - 1 / alpha) + 1 / alpha)
 
 
-def gbce_loss(model, batch, negatives, t):
+def gbce_loss(model, batch, negatives, t, draw="batch"):
     """Summed generalised binary cross-entropy (Petrov & Macdonald, gSASRec, RecSys 2023) of each next
     item against `negatives` uniformly sampled items, and the number of predictions summed:
     −β·log σ(s⁺) − Σ log(1 − σ(s⁻)). Raising the positive's probability to the power β undoes the
     overconfidence that negative sampling teaches plain BCE, at the cost of sampled BCE."""
     if negatives <= 0:
         raise ValueError("gBCE compares with sampled negatives: give --negatives > 0")
-    pos_logit, neg_logit, real = sampled_logits(model, batch, negatives)
+    pos_logit, neg_logit, real = sampled_logits(model, batch, negatives, draw)
     beta = gbce_beta(negatives, model.n_items, t)
     # log(1 − σ(s)) = logσ(−s); a masked negative (−inf) adds 0.
     per_position = -beta * F.logsigmoid(pos_logit) - F.logsigmoid(-neg_logit).sum(-1)
@@ -599,5 +605,5 @@ def gbce_loss(model, batch, negatives, t):
 def training_loss(model, batch, args):
     """The objective `--loss` chose: sampled (or, with --negatives 0, full) softmax, or gBCE."""
     if args.loss == "gbce":
-        return gbce_loss(model, batch, args.negatives, args.gbce_t)
-    return sampled_softmax_loss(model, batch, args.negatives)
+        return gbce_loss(model, batch, args.negatives, args.gbce_t, args.negative_draw)
+    return sampled_softmax_loss(model, batch, args.negatives, args.negative_draw)

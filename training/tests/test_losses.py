@@ -56,13 +56,35 @@ class Objectives(unittest.TestCase):
             self.assertEqual(count, 6)
             self.assertAlmostEqual(float(got), want, places=4)
 
+    def test_gbce_with_a_draw_for_each_sequence_matches_its_formula(self):
+        model = self.model()
+        batch = torch.tensor([[0, 3, 5, 7], [2, 4, 6, 8]])
+        torch.manual_seed(1)
+        got, count = gbce_loss(model, batch, 6, 0.75, draw="sequence")
+        torch.manual_seed(1)
+        negs = torch.randint(1, model.n_items + 1, (2, 1, 6))[:, 0].tolist()
+        self.assertNotEqual(negs[0], negs[1])
+        beta = gbce_beta(6, model.n_items, 0.75)
+        want = 0.0
+        for row, neg in zip(batch.tolist(), negs):
+            for a, b in zip(row[:-1], row[1:]):
+                h = model.item_emb.weight[a]
+                want -= beta * math.log(1 / (1 + math.exp(-float(h @ model.item_emb.weight[b]))))
+                for n in neg:
+                    if n != b:
+                        want -= math.log(1 - 1 / (1 + math.exp(-float(h @ model.item_emb.weight[n]))))
+        self.assertEqual(count, 6)
+        self.assertAlmostEqual(float(got), want, places=4)
+
     def test_gbce_needs_negatives(self):
         with self.assertRaises(ValueError):
             gbce_loss(self.model(), torch.tensor([[1, 2, 3]]), 0, 0.75)
 
     def test_both_objectives_learn_on_the_same_graph(self):
         """A few steps of each lower its own loss: the gradients reach the embeddings."""
-        for loss_of in (lambda m, b: sampled_softmax_loss(m, b, 8), lambda m, b: gbce_loss(m, b, 8, 0.75)):
+        for loss_of in (lambda m, b: sampled_softmax_loss(m, b, 8), lambda m, b: gbce_loss(m, b, 8, 0.75),
+                        lambda m, b: sampled_softmax_loss(m, b, 8, "sequence"),
+                        lambda m, b: gbce_loss(m, b, 8, 0.75, "sequence")):
             model = self.model()
             opt = torch.optim.Adam(model.item_emb.parameters(), lr=0.05)
             batch = torch.tensor([[1, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 7]])

@@ -97,9 +97,11 @@ class OneEpoch(unittest.TestCase):
         self.assertEqual(manifest["step"]["chunk"]["span"], mask["shape"][1] + 1)
 
     def test_sasrec_gbce_with_its_own_output_embeddings(self):
-        manifest = self.check("sasrec", ["--loss", "gbce", "--gbce-t", "0.75", "--separate-output"])
+        manifest = self.check("sasrec", ["--loss", "gbce", "--gbce-t", "0.75", "--separate-output",
+                                         "--negative-draw", "sequence"])
         self.assertEqual(manifest["training"]["args"]["loss"], "gbce")
         self.assertTrue(manifest["training"]["args"]["separate_output"])
+        self.assertEqual(manifest["training"]["args"]["negative_draw"], "sequence")
 
     def test_sasrec_learned_positions_exports_the_full_graph_only(self):
         # The original SASRec's positions, kept for the ablation: no exact step, so no step graph,
