@@ -90,6 +90,7 @@ class OneEpoch(unittest.TestCase):
 
     def test_sasrec(self):
         manifest = self.check("sasrec")
+        self.assertEqual(manifest["training"]["args"]["negative_draw"], "sequence")   # softmax's default
         self.assertEqual(manifest["step"]["history"], "all")
         self.assertIn("prefill", manifest["step"])
         # The chunk graph's items attend to the positions the step's cache holds, and themselves.
