@@ -548,7 +548,7 @@ def sampled_logits(model, batch, negatives, draw="batch"):
     uniformly from the catalogue, [B, W, N] (a draw equal to the position's own next item is masked
     to -inf), and the mask of positions with a next item. `draw` "batch" shares one draw across the
     batch; "sequence" draws for each training sequence, so the batch meets B times as many items
-    (gSASRec draws for each position; per sequence keeps the cost of one shared draw)."""
+    (gSASRec draws for each position; per sequence keeps the multiply-adds of one shared draw)."""
     inp, pos = batch[:, :-1], batch[:, 1:]
     hidden = model.encode(inp)                                                   # [B, W, D]
     emb = output_embedding(model)
