@@ -553,13 +553,13 @@ def sampled_logits(model, batch, negatives, draw="batch"):
     hidden = model.encode(inp)                                                   # [B, W, D]
     emb = output_embedding(model)
     pos_logit = (hidden * emb(pos)).sum(-1)                                      # [B, W]
+    draws = batch.shape[0] if draw == "sequence" else 1
+    neg = torch.randint(1, model.n_items + 1, (draws, negatives), device=batch.device)   # [B or 1, N]
     if draw == "sequence":
-        neg = torch.randint(1, model.n_items + 1, (batch.shape[0], 1, negatives), device=batch.device)
-        neg_logit = torch.bmm(hidden, emb(neg[:, 0]).transpose(1, 2))            # [B, W, N]
+        neg_logit = torch.bmm(hidden, emb(neg).transpose(1, 2))                  # [B, W, N]
     else:
-        neg = torch.randint(1, model.n_items + 1, (1, 1, negatives), device=batch.device)
-        neg_logit = hidden @ emb(neg[0, 0]).T                                    # [B, W, N]
-    neg_logit = neg_logit.masked_fill(neg == pos.unsqueeze(-1), float("-inf"))
+        neg_logit = hidden @ emb(neg[0]).T                                       # [B, W, N]
+    neg_logit = neg_logit.masked_fill(neg.unsqueeze(1) == pos.unsqueeze(-1), float("-inf"))
     return pos_logit, neg_logit, pos > 0
 
 

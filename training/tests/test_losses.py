@@ -34,6 +34,19 @@ class Objectives(unittest.TestCase):
         self.assertAlmostEqual(gbce_beta(256, 3417, 0.75), alpha * (0.75 * (1 - 1 / alpha) + 1 / alpha))
         self.assertAlmostEqual(gbce_beta(10_000, 50, 0.75), 1.0, msg="more negatives than items: no correction")
 
+    def gbce_by_hand(self, model, batch, negatives_of_row, beta):
+        """gBCE summed position by position: −β·log σ(s⁺) − Σ log(1 − σ(s⁻)) over each row's negatives
+        (a negative equal to the position's next item is skipped)."""
+        want = 0.0
+        for row, neg in zip(batch.tolist(), negatives_of_row):
+            for a, b in zip(row[:-1], row[1:]):
+                h = model.item_emb.weight[a]
+                want -= beta * math.log(1 / (1 + math.exp(-float(h @ model.item_emb.weight[b]))))
+                for n in neg:
+                    if n != b:
+                        want -= math.log(1 - 1 / (1 + math.exp(-float(h @ model.item_emb.weight[n]))))
+        return want
+
     def test_gbce_matches_its_formula(self):
         model = self.model()
         batch = torch.tensor([[0, 3, 5, 7], [2, 4, 6, 8]])
@@ -41,18 +54,8 @@ class Objectives(unittest.TestCase):
             torch.manual_seed(1)
             got, count = gbce_loss(model, batch, 6, t)
             torch.manual_seed(1)
-            neg = torch.randint(1, model.n_items + 1, (6,))
-            beta = gbce_beta(6, model.n_items, t)
-            want = 0.0
-            for row in batch.tolist():
-                for a, b in zip(row[:-1], row[1:]):
-                    h = model.item_emb.weight[a]
-                    s_pos = float(h @ model.item_emb.weight[b])
-                    want -= beta * math.log(1 / (1 + math.exp(-s_pos)))
-                    for n in neg.tolist():
-                        if n != b:
-                            s_neg = float(h @ model.item_emb.weight[n])
-                            want -= math.log(1 - 1 / (1 + math.exp(-s_neg)))
+            neg = torch.randint(1, model.n_items + 1, (6,)).tolist()   # one draw, shared by both rows
+            want = self.gbce_by_hand(model, batch, [neg, neg], gbce_beta(6, model.n_items, t))
             self.assertEqual(count, 6)
             self.assertAlmostEqual(float(got), want, places=4)
 
@@ -62,17 +65,9 @@ class Objectives(unittest.TestCase):
         torch.manual_seed(1)
         got, count = gbce_loss(model, batch, 6, 0.75, draw="sequence")
         torch.manual_seed(1)
-        negs = torch.randint(1, model.n_items + 1, (2, 1, 6))[:, 0].tolist()
+        negs = torch.randint(1, model.n_items + 1, (2, 6)).tolist()
         self.assertNotEqual(negs[0], negs[1])
-        beta = gbce_beta(6, model.n_items, 0.75)
-        want = 0.0
-        for row, neg in zip(batch.tolist(), negs):
-            for a, b in zip(row[:-1], row[1:]):
-                h = model.item_emb.weight[a]
-                want -= beta * math.log(1 / (1 + math.exp(-float(h @ model.item_emb.weight[b]))))
-                for n in neg:
-                    if n != b:
-                        want -= math.log(1 - 1 / (1 + math.exp(-float(h @ model.item_emb.weight[n]))))
+        want = self.gbce_by_hand(model, batch, negs, gbce_beta(6, model.n_items, 0.75))
         self.assertEqual(count, 6)
         self.assertAlmostEqual(float(got), want, places=4)
 
